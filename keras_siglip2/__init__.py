@@ -1,0 +1,19 @@
+"""keras-siglip2: SigLIP 2 (arXiv 2502.14786) for Keras 3.
+
+Importing this package registers every class with Keras serialization and adds the
+model classes to `keras_hub.models` (never replacing a name keras-hub defines), so
+`keras_hub.models.SigLIP2Backbone.from_preset(...)` works.
+"""
+
+from keras_siglip2 import layers
+from keras_siglip2 import models
+from keras_siglip2.models import (
+    SigLIP2Backbone,
+    SigLIP2TextEncoder,
+    SigLIP2VisionEncoder,
+)
+from keras_siglip2.registration import register_with_keras_hub
+
+__version__ = "0.1.0"
+
+register_with_keras_hub()

@@ -1,0 +1,99 @@
+"""Multi-head dot-product attention for the SigLIP 2 towers (paper sec. 2, ViT / text
+transformer blocks, MAP head and LocCa decoder cross-attention).
+
+Self-attention uses one fused query/key/value projection (one matmul instead of three);
+cross-attention projects the query from its own input and key/value jointly from the
+context. The attention itself goes through `keras.ops.dot_product_attention`, so each
+backend may pick its fused kernel (cuDNN / flash on GPU, splash on TPU).
+"""
+
+import keras
+from keras import ops
+
+from keras_siglip2.layers.initializers import dense_kernel_init
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
+class SigLIP2Attention(keras.layers.Layer):
+    """Multi-head attention with biases on q/k/v/out and scale 1/sqrt(head_dim).
+
+    Args:
+        hidden_dim: int. Model width (= num_heads * head_dim).
+        num_heads: int. Number of heads; must divide `hidden_dim`.
+        cross_attention: bool. If True, `call(x, context)` attends from `x` to
+            `context` (queries from `x`, keys/values from `context`).
+    """
+
+    def __init__(self, hidden_dim, num_heads, cross_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"`num_heads`={num_heads} must divide `hidden_dim`={hidden_dim}."
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.cross_attention = cross_attention
+        dense = lambda units, name: keras.layers.Dense(  # noqa: E731
+            units,
+            kernel_initializer=dense_kernel_init(),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+        if cross_attention:
+            self.query_dense = dense(hidden_dim, "query")
+            self.key_value_dense = dense(2 * hidden_dim, "key_value")
+        else:
+            self.qkv_dense = dense(3 * hidden_dim, "qkv")
+        self.output_dense = dense(hidden_dim, "out")
+
+    def build(self, input_shape, context_shape=None):
+        if self.cross_attention:
+            self.query_dense.build(input_shape)
+            self.key_value_dense.build(context_shape or input_shape)
+        else:
+            self.qkv_dense.build(input_shape)
+        self.output_dense.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        self.built = True
+
+    def _split_heads(self, x, parts):
+        shape = ops.shape(x)
+        return ops.reshape(
+            x, (shape[0], shape[1], parts, self.num_heads, self.head_dim)
+        )
+
+    def call(self, x, context=None, key_mask=None):
+        """Attends from `x` (B, T, d) to `context` (B, S, d), or to `x` itself.
+
+        `key_mask`: optional (B, S) bool/int, True = a real token that may be
+        attended to; padding keys get no weight.
+        """
+        if self.cross_attention:
+            context = x if context is None else context
+            q = self._split_heads(self.query_dense(x), 1)[:, :, 0]
+            kv = self._split_heads(self.key_value_dense(context), 2)
+            k, v = kv[:, :, 0], kv[:, :, 1]
+        else:
+            qkv = self._split_heads(self.qkv_dense(x), 3)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        mask = None
+        if key_mask is not None:
+            mask = ops.cast(key_mask, "bool")[:, None, None, :]
+        out = ops.dot_product_attention(q, k, v, mask=mask)
+        shape = ops.shape(out)
+        out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
+        return self.output_dense(out)
+
+    def compute_output_shape(self, input_shape, context_shape=None):
+        return tuple(input_shape[:-1]) + (self.hidden_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "cross_attention": self.cross_attention,
+            }
+        )
+        return config

@@ -1,0 +1,71 @@
+"""Multihead attention pooling (MAP) head of the SigLIP 2 image tower (paper sec. 2;
+big_vision `MAPHead`): a learned probe attends to the patch tokens, then x + MLP(LN(x)).
+The single query output is the image embedding (SigLIP 2 has no image projection)."""
+
+import keras
+from keras import ops
+
+from keras_siglip2.layers.attention import SigLIP2Attention
+from keras_siglip2.layers.initializers import dense_kernel_init
+from keras_siglip2.layers.mlp import SigLIP2MLP
+from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON, layer_norm
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
+class SigLIP2MAPHead(keras.layers.Layer):
+    """Pools (B, N, d) tokens to (B, d); `key_mask` (B, N) excludes padding tokens."""
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        intermediate_dim,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.attention = SigLIP2Attention(
+            hidden_dim, num_heads, cross_attention=True, dtype=policy, name="attention"
+        )
+        self.norm = layer_norm("norm", policy, layer_norm_epsilon)
+        self.mlp = SigLIP2MLP(hidden_dim, intermediate_dim, dtype=policy, name="mlp")
+
+    def build(self, input_shape):
+        self.probe = self.add_weight(
+            shape=(1, 1, self.hidden_dim),
+            initializer=dense_kernel_init(),
+            name="probe",
+        )
+        probe_shape = (input_shape[0], 1, self.hidden_dim)
+        self.attention.build(probe_shape, input_shape)
+        self.norm.build(probe_shape)
+        self.mlp.build(probe_shape)
+        self.built = True
+
+    def call(self, tokens, key_mask=None):
+        batch = ops.shape(tokens)[0]
+        probe = ops.cast(self.probe, tokens.dtype)
+        probe = ops.broadcast_to(probe, (batch, 1, self.hidden_dim))
+        x = self.attention(probe, context=tokens, key_mask=key_mask)
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,106 @@
+"""SigLIP 2 text tower (paper sec. 2; big_vision `text_transformer.py`): token embedding
+(no sqrt(d) scaling) + learned position embedding, bidirectional pre-LN transformer with
+no padding mask, final LayerNorm, last-position pooling and the `head` projection."""
+
+import keras
+from keras import initializers
+
+from keras_siglip2.layers import SigLIP2PositionEmbedding, token_embedding
+from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
+from keras_siglip2.models.input_checks import check_token_ids
+from keras_siglip2.models.tower import SigLIP2Tower
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
+class SigLIP2TextEncoder(SigLIP2Tower):
+    """Text transformer pooled at the last position, then projected.
+
+    The pooled position is `x[:, -1]`, usually a `<pad>` token for short texts: that
+    is how SigLIP 2 was trained and is kept as is. No padding mask is applied.
+
+    Args:
+        vocabulary_size: int (256,000 for the Gemma tokenizer).
+        hidden_dim, num_layers, num_heads, intermediate_dim: tower sizes.
+        projection_dim: int. Output width of `head`; defaults to `hidden_dim`. For
+            g-opt it is the image width (1536) while the tower is So400m (1152).
+        max_sequence_length: int, 64.
+
+    Input `{"token_ids": (B, L) int32}`, L <= max_sequence_length; output
+    (B, projection_dim).
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        intermediate_dim,
+        projection_dim=None,
+        max_sequence_length=64,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        dtype=None,
+        name="text_encoder",
+        **kwargs,
+    ):
+        projection_dim = projection_dim or hidden_dim
+        self.token_embedding = token_embedding(vocabulary_size, hidden_dim, dtype)
+        self.position_embedding = SigLIP2PositionEmbedding(
+            max_sequence_length, hidden_dim, dtype=dtype, name="position_embedding"
+        )
+        self._build_encoder(
+            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype
+        )
+        self.head = keras.layers.Dense(
+            projection_dim,
+            kernel_initializer=initializers.Zeros(),
+            dtype=dtype,
+            name="head",
+        )
+
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        with keras.name_scope(name):  # variable paths start with the tower's name
+            pooled = self.head(self._tokens(token_ids)[:, -1, :])
+        super().__init__(
+            inputs={"token_ids": token_ids}, outputs=pooled, dtype=dtype, name=name, **kwargs
+        )
+
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.projection_dim = projection_dim
+        self.max_sequence_length = max_sequence_length
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def _tokens(self, token_ids):
+        return self._run_encoder(self.position_embedding(self.token_embedding(token_ids)))
+
+    def _token_ids(self, inputs):
+        token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
+        check_token_ids(token_ids, self.vocabulary_size, self.max_sequence_length)
+        return token_ids
+
+    def __call__(self, inputs, *args, **kwargs):
+        return super().__call__({"token_ids": self._token_ids(inputs)}, *args, **kwargs)
+
+    def get_tokens(self, inputs):
+        """Token features after the final LayerNorm: (B, L, hidden_dim)."""
+        return self._tokens(self._token_ids(inputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "projection_dim": self.projection_dim,
+                "max_sequence_length": self.max_sequence_length,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

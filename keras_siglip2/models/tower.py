@@ -1,0 +1,30 @@
+"""What the SigLIP 2 image and text towers share (paper sec. 2): a stack of pre-LN
+encoder blocks followed by the final `encoder_norm` LayerNorm."""
+
+from keras_hub.models import Backbone
+
+from keras_siglip2.layers import SigLIP2EncoderBlock, layer_norm
+
+
+class SigLIP2Tower(Backbone):
+    """Base of the towers. Subclasses call `_build_encoder` before `super().__init__`
+    and run their embedded tokens through `_run_encoder`."""
+
+    def _build_encoder(self, hidden_dim, num_layers, num_heads, intermediate_dim, eps, dtype):
+        self.encoder_blocks = [
+            SigLIP2EncoderBlock(
+                hidden_dim,
+                num_heads,
+                intermediate_dim,
+                layer_norm_epsilon=eps,
+                dtype=dtype,
+                name=f"encoder_block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.encoder_norm = layer_norm("encoder_norm", dtype, eps)
+
+    def _run_encoder(self, x, key_mask=None):
+        for block in self.encoder_blocks:
+            x = block(x, key_mask=key_mask)
+        return self.encoder_norm(x)

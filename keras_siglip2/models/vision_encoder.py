@@ -1,0 +1,132 @@
+"""Fixed-resolution SigLIP 2 image tower (paper sec. 2; big_vision `vit.py`): linear
+patch stem, learned 1-D position embedding, pre-LN transformer, final LayerNorm and MAP
+head. The pooled MAP output is the image embedding (no projection)."""
+
+import keras
+
+from keras_siglip2.layers import (
+    SigLIP2MAPHead,
+    SigLIP2PatchEmbedding,
+    SigLIP2PositionEmbedding,
+)
+from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
+from keras_siglip2.models.input_checks import check_float_images
+from keras_siglip2.models.tower import SigLIP2Tower
+
+
+def image_size_pair(image_size):
+    """`224` or `(224, 224)` -> (224, 224)."""
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    pair = tuple(int(s) for s in image_size)
+    if len(pair) != 2:
+        raise ValueError(f"`image_size` must be an int or (height, width); got {image_size!r}.")
+    return pair
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
+class SigLIP2VisionEncoder(SigLIP2Tower):
+    """Fixed-resolution SigLIP 2 ViT with MAP pooling.
+
+    Args:
+        patch_size: int. Square patch side in pixels (14, 16 or 32 in the releases).
+        hidden_dim, num_layers, num_heads, intermediate_dim: tower sizes
+            (B: 768/12/12/3072, L: 1024/24/16/4096, So400m: 1152/27/16/4304,
+            g-opt: 1536/40/16/6144).
+        image_size: int or (height, width). Input resolution; pixels that do not fill
+            a whole patch are ignored (So400m/14 at 384 uses 27 x 27 patches).
+        layer_norm_epsilon: float, 1e-6.
+
+    Input `{"images": (B, H, W, 3)}` float in [-1, 1]; output (B, hidden_dim).
+    """
+
+    def __init__(
+        self,
+        patch_size,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        intermediate_dim,
+        image_size=224,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        dtype=None,
+        name="vision_encoder",
+        **kwargs,
+    ):
+        height, width = image_size_pair(image_size)
+        if height < patch_size or width < patch_size:
+            raise ValueError(
+                f"`image_size`={image_size} is smaller than `patch_size`={patch_size}."
+            )
+        self.grid_size = (height // patch_size, width // patch_size)
+        self.patch_embedding = SigLIP2PatchEmbedding(
+            hidden_dim, patch_size, dtype=dtype, name="patch_embedding"
+        )
+        self.position_embedding = SigLIP2PositionEmbedding(
+            self.grid_size[0] * self.grid_size[1],
+            hidden_dim,
+            dtype=dtype,
+            name="position_embedding",
+        )
+        self._build_encoder(
+            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype
+        )
+        self.head = SigLIP2MAPHead(
+            hidden_dim,
+            num_heads,
+            intermediate_dim,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            name="map_head",
+        )
+
+        images = keras.Input(shape=(height, width, 3), name="images")
+        with keras.name_scope(name):  # variable paths start with the tower's name
+            pooled = self.head(self._tokens(images))
+        super().__init__(
+            inputs={"images": images}, outputs=pooled, dtype=dtype, name=name, **kwargs
+        )
+
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.image_size = (height, width)
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    @property
+    def image_shape(self):
+        return (*self.image_size, 3)
+
+    def _tokens(self, images):
+        x = self.patch_embedding(images)
+        return self._run_encoder(self.position_embedding(x))
+
+    def _images(self, inputs):
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        check_float_images("images", images, self.image_shape)
+        return images
+
+    def __call__(self, inputs, *args, **kwargs):
+        images = self._images(inputs)
+        return super().__call__({"images": images}, *args, **kwargs)
+
+    def get_tokens(self, inputs):
+        """Patch tokens after the final LayerNorm, before pooling: (B, N, hidden_dim)."""
+        return self._tokens(self._images(inputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "patch_size": self.patch_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "image_size": list(self.image_size),
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
