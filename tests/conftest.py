@@ -1,0 +1,97 @@
+"""Shared test fixtures: the big_vision reference numbers in ../shared/fixtures, tiny
+random models, and a helper to run code under another Keras backend in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "big_vision"
+
+
+def fixture_path(name):
+    path = FIXTURES / f"{name}.npz"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Reference fixture {path} is missing: the tests expect ../shared/fixtures "
+            "beside the repository."
+        )
+    return path
+
+
+@pytest.fixture
+def load_fixture():
+    def load(name):
+        with np.load(fixture_path(name)) as npz:
+            return {key: npz[key] for key in npz.files}
+
+    return load
+
+
+def run_in_backend(backend, code, timeout=600):
+    """Runs `code` in a fresh Python with KERAS_BACKEND=backend; the code prints one
+    JSON object as its last stdout line, which is returned."""
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(ROOT))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(ROOT),
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{backend} subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def tiny_backbone(image_size=32, patch_size=8, vision_width=64, text_width=64, seed=0, dtype=None):
+    """A small random SigLIP2Backbone (2 layers per tower)."""
+    import keras
+
+    from keras_siglip2.convert.common import build_backbone
+
+    keras.utils.set_random_seed(seed)
+    backbone = build_backbone(
+        {
+            "type": "fixed",
+            "patch_size": patch_size,
+            "hidden_dim": vision_width,
+            "num_layers": 2,
+            "num_heads": 4,
+            "intermediate_dim": 2 * vision_width,
+            "image_size": image_size,
+        },
+        {
+            "vocabulary_size": 1000,
+            "hidden_dim": text_width,
+            "num_layers": 2,
+            "num_heads": 4,
+            "intermediate_dim": 2 * text_width,
+            "projection_dim": vision_width,
+            "max_sequence_length": 16,
+        },
+        dtype=dtype,
+    )
+    # The text head starts at zero (as big_vision): give it values so that outputs
+    # depend on every weight.
+    rng = np.random.RandomState(seed)
+    for v in backbone.text_encoder.head.weights:
+        v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    return backbone
+
+
+def tiny_inputs(batch=3, image_size=32, seq=16, seed=0):
+    rng = np.random.RandomState(seed)
+    return {
+        "images": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"),
+        "token_ids": rng.randint(0, 1000, (batch + 1, seq)).astype("int32"),
+    }
