@@ -1,6 +1,8 @@
 """SigLIP 2 two-tower backbone (paper sec. 2.1): an image tower (fixed resolution or
 NaFlex) and a text tower joined by the sigmoid-loss logit head (learned t and b)."""
 
+import os
+
 import keras
 from keras_hub.models import Backbone
 
@@ -67,6 +69,25 @@ class SigLIP2Backbone(Backbone):
         self.temperature_init = temperature_init
         self.bias_init = bias_init
 
+    def __call__(self, inputs, *args, **kwargs):
+        if not isinstance(inputs, dict) or "token_ids" not in inputs:
+            raise ValueError(
+                "SigLIP2Backbone takes a dict with the keys "
+                f"{list(self.vision_input_names) + ['token_ids']}; got "
+                f"{sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__}."
+            )
+        checked = {**self._vision_inputs(inputs), **self.text_encoder.check_inputs(inputs)}
+        return super().__call__(checked, *args, **kwargs)
+
+    def _vision_inputs(self, inputs):
+        missing = [n for n in self.vision_input_names if n not in inputs]
+        if missing:
+            raise ValueError(
+                f"Vision inputs {missing} are missing; expected the keys "
+                f"{list(self.vision_input_names)}, got {sorted(inputs)}."
+            )
+        return self.vision_encoder.check_inputs({n: inputs[n] for n in self.vision_input_names})
+
     @property
     def vision_input_names(self):
         return tuple(self.vision_encoder.input.keys())
@@ -79,13 +100,7 @@ class SigLIP2Backbone(Backbone):
         """Pooled image embeddings (B, D), not normalized. `inputs`: a dict of the
         vision inputs (extra keys are ignored) or, for the fixed tower, the images."""
         if isinstance(inputs, dict):
-            missing = [n for n in self.vision_input_names if n not in inputs]
-            if missing:
-                raise ValueError(
-                    f"Vision inputs {missing} are missing; expected the keys "
-                    f"{list(self.vision_input_names)}, got {sorted(inputs)}."
-                )
-            inputs = {name: inputs[name] for name in self.vision_input_names}
+            inputs = self._vision_inputs(inputs)
         return self.vision_encoder(inputs)
 
     def get_text_embeddings(self, token_ids):
@@ -100,7 +115,16 @@ class SigLIP2Backbone(Backbone):
         directory, or a `kaggle://` / `hf://` / `gs://` handle."""
         from keras_siglip2.presets import resolve_preset
 
-        return super().from_preset(resolve_preset(preset), load_weights, **kwargs)
+        preset = resolve_preset(preset)
+        if load_weights and os.path.isdir(preset):
+            names = ("model.weights.h5", "model.weights.json")
+            if not any(os.path.exists(os.path.join(preset, n)) for n in names):
+                raise FileNotFoundError(
+                    f"Preset directory {preset} has no weights: expected model.weights.h5 "
+                    "(or a sharded model.weights.json). Pass load_weights=False for a "
+                    "randomly initialized model."
+                )
+        return super().from_preset(preset, load_weights, **kwargs)
 
     def get_config(self):
         config = super().get_config()
@@ -122,7 +146,7 @@ class SigLIP2Backbone(Backbone):
             sub = config[key]
             if isinstance(sub, dict):
                 sub = {**sub, "config": dict(sub["config"])}
-                if dtype is not None and sub["config"].get("dtype") is None:
+                if dtype is not None:  # the towers follow the backbone's policy
                     sub["config"]["dtype"] = dtype
                 config[key] = keras.layers.deserialize(sub, custom_objects=custom_objects)
         if isinstance(dtype, dict):

@@ -77,17 +77,18 @@ class SigLIP2TextEncoder(SigLIP2Tower):
     def _tokens(self, token_ids):
         return self._run_encoder(self.position_embedding(self.token_embedding(token_ids)))
 
-    def _token_ids(self, inputs):
+    def check_inputs(self, inputs):
+        """{"token_ids": ...} (or the ids) validated; raises ValueError if bad."""
         token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
         check_token_ids(token_ids, self.vocabulary_size, self.max_sequence_length)
-        return token_ids
+        return {"token_ids": token_ids}
 
     def __call__(self, inputs, *args, **kwargs):
-        return super().__call__({"token_ids": self._token_ids(inputs)}, *args, **kwargs)
+        return super().__call__(self.check_inputs(inputs), *args, **kwargs)
 
     def get_tokens(self, inputs):
         """Token features after the final LayerNorm: (B, L, hidden_dim)."""
-        return self._tokens(self._token_ids(inputs))
+        return self._tokens(self.check_inputs(inputs)["token_ids"])
 
     def get_config(self):
         config = super().get_config()

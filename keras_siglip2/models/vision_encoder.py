@@ -103,18 +103,18 @@ class SigLIP2VisionEncoder(SigLIP2Tower):
         x = self.patch_embedding(images)
         return self._run_encoder(self.position_embedding(x))
 
-    def _images(self, inputs):
+    def check_inputs(self, inputs):
+        """{"images": ...} (or the images) validated; raises ValueError if bad."""
         images = inputs["images"] if isinstance(inputs, dict) else inputs
         check_float_images("images", images, self.image_shape)
-        return images
+        return {"images": images}
 
     def __call__(self, inputs, *args, **kwargs):
-        images = self._images(inputs)
-        return super().__call__({"images": images}, *args, **kwargs)
+        return super().__call__(self.check_inputs(inputs), *args, **kwargs)
 
     def get_tokens(self, inputs):
         """Patch tokens after the final LayerNorm, before pooling: (B, N, hidden_dim)."""
-        return self._tokens(self._images(inputs))
+        return self._tokens(self.check_inputs(inputs)["images"])
 
     def get_config(self):
         config = super().get_config()
