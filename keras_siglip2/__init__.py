@@ -7,11 +7,20 @@ model classes to `keras_hub.models` (never replacing a name keras-hub defines), 
 
 from keras_siglip2 import layers
 from keras_siglip2 import models
+from keras_siglip2 import preprocessing
 from keras_siglip2.models import (
     SigLIP2Backbone,
+    SigLIP2NaFlexVisionEncoder,
     SigLIP2TextEncoder,
     SigLIP2VisionEncoder,
 )
+from keras_siglip2.preprocessing import (
+    SigLIP2ImageConverter,
+    SigLIP2NaFlexImageConverter,
+    SigLIP2Preprocessor,
+    SigLIP2Tokenizer,
+)
+from keras_siglip2.presets import list_presets
 from keras_siglip2.registration import register_with_keras_hub
 
 __version__ = "0.1.0"

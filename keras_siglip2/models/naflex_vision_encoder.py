@@ -234,7 +234,9 @@ class SigLIP2NaFlexVisionEncoder(SigLIP2Tower):
         x = self.position_grid(x, patch_positions, patch_mask)
         return self._run_encoder(x, key_mask=patch_mask)
 
-    def _naflex_inputs(self, inputs):
+    def check_inputs(self, inputs):
+        """The three NaFlex inputs (a dict; extra keys dropped) validated; raises a
+        ValueError naming the argument, the value and the expectation if bad."""
         if not isinstance(inputs, dict):
             raise ValueError(
                 "`SigLIP2NaFlexVisionEncoder` takes a dict with the keys "
@@ -254,12 +256,12 @@ class SigLIP2NaFlexVisionEncoder(SigLIP2Tower):
         return {k: inputs[k] for k in NAFLEX_INPUT_NAMES}
 
     def __call__(self, inputs, *args, **kwargs):
-        return super().__call__(self._naflex_inputs(inputs), *args, **kwargs)
+        return super().__call__(self.check_inputs(inputs), *args, **kwargs)
 
     def get_tokens(self, inputs):
         """Patch tokens after the final LayerNorm, before pooling: (B, N, hidden_dim).
         Entries at padding positions are meaningless."""
-        inputs = self._naflex_inputs(inputs)
+        inputs = self.check_inputs(inputs)
         return self._tokens(
             ops.convert_to_tensor(inputs["pixel_patches"]),
             ops.convert_to_tensor(inputs["patch_positions"]),
