@@ -124,20 +124,16 @@ def cmd_convert(args):
     return 0
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- parser
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="siglip2", description="SigLIP 2 for Keras: presets, conversion, tasks, training."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def add_presets_parser(sub):
     p = sub.add_parser("presets", help="list the released SigLIP 2 checkpoints")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_presets)
 
+
+def add_convert_parser(sub):
     p = sub.add_parser(
         "convert",
         help="convert a big_vision / transformers / keras-hub checkpoint to a preset",
@@ -153,7 +149,25 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_convert)
+
+
+# Each entry adds one or more subcommands to the parser (in `--help` order). Feature
+# areas keep their `add_*_parser` / `cmd_*` pair in their own section of this file.
+SUBCOMMAND_PARSERS = [add_presets_parser, add_convert_parser]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="siglip2", description="SigLIP 2 for Keras: presets, conversion, tasks, training."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add_parser in SUBCOMMAND_PARSERS:
+        add_parser(sub)
     return parser
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv=None):
