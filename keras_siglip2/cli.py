@@ -34,14 +34,15 @@ def cmd_presets(args):
 
 def image_converter_for(backbone):
     """The image converter matching a backbone's vision tower."""
-    from keras_siglip2 import preprocessing
+    from keras_siglip2.presets import image_converter_for_architecture
 
     vision = backbone.vision_encoder
     if hasattr(vision, "image_size"):
-        return preprocessing.SigLIP2ImageConverter(image_size=tuple(vision.image_size))
-    return preprocessing.SigLIP2NaFlexImageConverter(
-        patch_size=vision.patch_size, max_num_patches=vision.max_num_patches
-    )
+        spec = {"type": "fixed", "image_size": list(vision.image_size)}
+    else:
+        spec = {"type": "naflex", "patch_size": vision.patch_size,
+                "max_num_patches": vision.max_num_patches}
+    return image_converter_for_architecture({"vision": spec})
 
 
 def _tokenizer_from_spm(path, sequence_length):

@@ -25,7 +25,6 @@ import difflib
 import functools
 import importlib
 import importlib.resources
-import inspect
 import json
 import os
 import pathlib
@@ -299,47 +298,11 @@ def format_presets_table():
 # ---------------------------------------------------------------------------
 
 
-def naflex_encoder_class():
-    """`SigLIP2NaFlexVisionEncoder` if this installation has it, else None."""
-    for module_name in ("keras_siglip2.models", "keras_siglip2.models.naflex_vision_encoder"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        cls = getattr(module, "SigLIP2NaFlexVisionEncoder", None)
-        if cls is not None:
-            return cls
-    return None
-
-
-def _accepted_kwargs(cls, config):
-    """The entries of `config` that `cls.__init__` names as parameters."""
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in config.items() if k in params}
-
-
 def build_backbone_from_config(architecture, dtype=None):
-    """A randomly initialized `SigLIP2Backbone` of an architecture dict."""
-    from keras_siglip2.models import SigLIP2Backbone, SigLIP2TextEncoder
+    """A randomly initialized `SigLIP2Backbone` of a preset's architecture dict."""
+    from keras_siglip2.convert.common import build_backbone
 
-    vision = dict(architecture["vision"])
-    kind = vision.pop("type")
-    if kind == "fixed":
-        from keras_siglip2.models import SigLIP2VisionEncoder
-
-        vision_cls = SigLIP2VisionEncoder
-    elif kind == "naflex":
-        vision_cls = naflex_encoder_class()
-        if vision_cls is None:
-            raise NotImplementedError(
-                "This installation has no SigLIP2NaFlexVisionEncoder; NaFlex presets "
-                "cannot be built."
-            )
-    else:
-        raise ValueError(f"Unknown vision tower type {kind!r}; expected 'fixed' or 'naflex'.")
-    vision_encoder = vision_cls(**_accepted_kwargs(vision_cls, vision), dtype=dtype)
-    text_encoder = SigLIP2TextEncoder(**architecture["text"], dtype=dtype)
-    return SigLIP2Backbone(vision_encoder, text_encoder, dtype=dtype)
+    return build_backbone(architecture["vision"], architecture["text"], dtype=dtype)
 
 
 def build_backbone_from_preset_config(name, load_weights=False, dtype=None):
@@ -446,10 +409,30 @@ def convert_source(local_source, kind, **kwargs):
     return converter(local_source, **kwargs)
 
 
-def save_converted(backbone, out_dir, tokenizer=None):
+def image_converter_for_architecture(architecture):
+    """The image converter a preset's vision tower expects: `SigLIP2ImageConverter` at
+    the fixed resolution, or `SigLIP2NaFlexImageConverter` with the tower's patch size
+    and default sequence length."""
+    from keras_siglip2 import preprocessing
+
+    vision = architecture["vision"]
+    if vision["type"] == "naflex":
+        return preprocessing.SigLIP2NaFlexImageConverter(
+            patch_size=vision["patch_size"], max_num_patches=vision["max_num_patches"]
+        )
+    size = vision["image_size"]
+    return preprocessing.SigLIP2ImageConverter(
+        image_size=tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    )
+
+
+def save_converted(backbone, out_dir, tokenizer=None, image_converter=None):
     """Writes the converted preset with `keras_siglip2.convert.save_preset`."""
     convert = importlib.import_module("keras_siglip2.convert")
-    return convert.save_preset(backbone, out_dir, tokenizer=tokenizer)
+    kwargs = {"tokenizer": tokenizer}
+    if image_converter is not None:
+        kwargs["image_converter"] = image_converter
+    return convert.save_preset(backbone, out_dir, **kwargs)
 
 
 def fetch_preset(name, source=None):
@@ -476,8 +459,11 @@ def fetch_preset(name, source=None):
         kwargs["image_size"] = vision["image_size"]
     backbone = convert_source(local_source, kind, **kwargs)
     tokenizer = load_source_tokenizer(local_source)
+    image_converter = (
+        image_converter_for_architecture(metadata["architecture"]) if tokenizer else None
+    )
     try:
-        save_converted(backbone, target, tokenizer=tokenizer)
+        save_converted(backbone, target, tokenizer=tokenizer, image_converter=image_converter)
     except FileExistsError:
         # Another process finished the same conversion first.
         if not _is_preset_dir(target):
@@ -487,6 +473,16 @@ def fetch_preset(name, source=None):
             f"Converting {metadata['name']!r} wrote no config.json into {target}."
         )
     return target
+
+
+def _preset_for_source_handle(handle):
+    """(preset name, source kind) of a known preset whose source is `handle`, else None."""
+    wanted = handle.rstrip("/")
+    for metadata in _registry().values():
+        for kind, value in (metadata.get("sources") or {}).items():
+            if kind in CONVERTERS and value and value.rstrip("/") == wanted:
+                return metadata["name"], kind
+    return None
 
 
 def resolve_preset(preset, source=None):
@@ -505,6 +501,11 @@ def resolve_preset(preset, source=None):
             f"A preset must be a name, a directory or a handle string; got {preset!r}."
         )
     if preset.startswith(HANDLE_SCHEMES):
+        # A released checkpoint's own handle (e.g. hf://google/siglip2-base-patch16-224,
+        # a transformers repo keras-hub cannot read) goes through our conversion.
+        known = _preset_for_source_handle(preset)
+        if known is not None:
+            return fetch_preset(*known)
         return preset
     local = os.path.expanduser(preset)
     if os.path.isdir(local):

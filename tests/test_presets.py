@@ -222,9 +222,8 @@ def test_formula_matches_fixed_model(image_size):
 
 
 def test_formula_matches_naflex_model():
-    cls = presets.naflex_encoder_class()
-    if cls is None:
-        pytest.skip("SigLIP2NaFlexVisionEncoder is not available in keras_siglip2.models yet")
+    from keras_siglip2.models import SigLIP2NaFlexVisionEncoder as cls
+
     arch = tiny_arch("naflex")
     backbone = presets.build_backbone_from_config(arch)
     assert isinstance(backbone.vision_encoder, cls)
@@ -328,7 +327,7 @@ def test_local_directories(tmp_path):
 @pytest.mark.parametrize(
     "handle",
     [
-        "kaggle://keras/siglip/keras/siglip2_base_patch16_224/1",
+        "kaggle://someone/some-model/keras/some_preset/1",
         "hf://someone/some-preset",
         "gs://bucket/preset",
         "modelscope://someone/preset",
@@ -345,8 +344,9 @@ def fake_convert_module(calls, save_preset=None):
         calls.append(("from_transformers", path))
         return "converted-backbone"
 
-    def default_save(backbone, out_dir, tokenizer=None):
-        calls.append(("save_preset", backbone, out_dir, tokenizer))
+    def default_save(backbone, out_dir, tokenizer=None, image_converter=None):
+        converter = type(image_converter).__name__ if image_converter is not None else None
+        calls.append(("save_preset", backbone, out_dir, tokenizer, converter))
         os.makedirs(out_dir)
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             f.write("{}")
@@ -380,7 +380,9 @@ def test_resolve_known_name_downloads_converts_and_caches(tmp_path, monkeypatch)
     assert calls == [
         ("download", "hf://google/siglip2-base-patch16-224"),
         ("from_transformers", str(source_dir)),
-        ("save_preset", "converted-backbone", target, f"tokenizer of {source_dir}"),
+        # With a tokenizer, the preset is complete: the image converter is saved too.
+        ("save_preset", "converted-backbone", target, f"tokenizer of {source_dir}",
+         "SigLIP2ImageConverter"),
     ]
     # Second time: straight from the cache, nothing downloaded or converted.
     calls.clear()
@@ -463,3 +465,32 @@ def test_download_source_handles(tmp_path, monkeypatch):
     # Already downloaded: no second copy.
     assert presets.download_source("gs://big_vision/siglip2/siglip2_b16_224.npz") == path
     assert copies == ["gs://big_vision/siglip2/siglip2_b16_224.npz"]
+
+
+def test_released_source_handle_goes_through_conversion(tmp_path, monkeypatch):
+    """`from_preset("hf://google/siglip2-...")` must not hand a transformers repo to
+    keras-hub's loader: the handle of a known preset is downloaded and converted."""
+    monkeypatch.setenv(presets.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+    source_dir = tmp_path / "hf_snapshot"
+    source_dir.mkdir()
+    monkeypatch.setattr(presets, "download_source", lambda handle: calls.append(handle) or str(source_dir))
+    monkeypatch.setitem(sys.modules, "keras_siglip2.convert", fake_convert_module(calls))
+    target = presets.resolve_preset("hf://google/siglip2-base-patch16-naflex/")
+    assert target == os.path.join(str(tmp_path / "cache"), "siglip2_base_patch16_naflex")
+    assert calls[0] == "hf://google/siglip2-base-patch16-naflex"
+    assert calls[1] == ("from_transformers", str(source_dir))
+
+
+@pytest.mark.parametrize("name", ["siglip2_so400m_patch14_384", "siglip2_so400m_patch16_naflex"])
+def test_image_converter_for_architecture(name):
+    from keras_siglip2.preprocessing import SigLIP2ImageConverter, SigLIP2NaFlexImageConverter
+
+    arch = presets.get_preset(name)["architecture"]
+    converter = presets.image_converter_for_architecture(arch)
+    if arch["vision"]["type"] == "fixed":
+        assert isinstance(converter, SigLIP2ImageConverter)
+        assert tuple(converter.image_size) == (384, 384)
+    else:
+        assert isinstance(converter, SigLIP2NaFlexImageConverter)
+        assert converter.patch_size == 16 and converter.max_num_patches == 256
