@@ -5,6 +5,7 @@ model classes to `keras_hub.models` (never replacing a name keras-hub defines), 
 `keras_hub.models.SigLIP2Backbone.from_preset(...)` works.
 """
 
+from keras_siglip2 import convert
 from keras_siglip2 import layers
 from keras_siglip2 import models
 from keras_siglip2 import preprocessing
