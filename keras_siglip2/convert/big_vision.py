@@ -166,9 +166,14 @@ def infer_architecture(flat, image_size=None):
         vision.update(type="fixed", patch_size=patch, image_size=image_size)
     elif stem.ndim == 2:  # (p*p*3, d) dense stem: NaFlex
         patch = math.isqrt(stem.shape[0] // 3)
-        if 3 * patch * patch != stem.shape[0] or posemb.ndim != 3:
+        if 3 * patch * patch != stem.shape[0]:
             raise CheckpointError(
-                f"Unrecognised NaFlex stem {stem.shape} / position grid {posemb.shape}."
+                f"Unrecognised NaFlex stem {stem.shape}: expected (p * p * 3, width)."
+            )
+        if posemb.ndim != 3 or posemb.shape[0] != posemb.shape[1] or posemb.shape[2] != width:
+            raise CheckpointError(
+                f"Unrecognised NaFlex position grid {posemb.shape}: expected a square "
+                f"(G, G, {width}) `img/pos_embedding` (naflex_vit's learn_2d)."
             )
         vision.update(type="naflex", patch_size=patch, position_grid_size=int(posemb.shape[0]))
     else:

@@ -93,7 +93,40 @@ def _check_model_type(config):
         )
 
 
+# transformers' defaults (`SiglipVisionConfig` / `Siglip2VisionConfig` / `Siglip*TextConfig`):
+# the released config.json files were written by transformers 4.x, which leaves out every
+# value equal to its default (google/siglip2-base-patch16-naflex spells out almost nothing).
+_TOWER_DEFAULTS = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+}
+HF_CONFIG_DEFAULTS = {
+    "siglip": {
+        "vision_config": {**_TOWER_DEFAULTS, "patch_size": 16, "image_size": 224},
+        "text_config": {**_TOWER_DEFAULTS, "vocab_size": 32000, "max_position_embeddings": 64},
+    },
+    "siglip2": {
+        "vision_config": {**_TOWER_DEFAULTS, "patch_size": 16, "num_patches": 256},
+        "text_config": {**_TOWER_DEFAULTS, "vocab_size": 32000, "max_position_embeddings": 64},
+    },
+}
+
+
+def _with_defaults(config):
+    """`config` with transformers' defaults filled in for every tower value it omits."""
+    defaults = HF_CONFIG_DEFAULTS[config["model_type"]]
+    return {
+        **config,
+        **{key: {**defaults[key], **(config.get(key) or {})} for key in defaults},
+    }
+
+
 def infer_architecture(config, state):
+    config = _with_defaults(config)
     vc, tc = config["vision_config"], config["text_config"]
     for name, sub in (("vision", vc), ("text", tc)):
         act = sub.get("hidden_act", "gelu_pytorch_tanh")
@@ -110,7 +143,13 @@ def infer_architecture(config, state):
         "layer_norm_epsilon": vc.get("layer_norm_eps", 1e-6),
     }
     if config["model_type"] == "siglip2":
+        # Siglip2Model: NaFlex. Its learned positions form a square (G, G) grid.
         grid = math.isqrt(vc["num_patches"])
+        if grid * grid != vc["num_patches"]:
+            raise CheckpointError(
+                f"Siglip2 vision_config.num_patches={vc['num_patches']} is not a square: "
+                "the NaFlex position embeddings must form a (G, G) grid."
+            )
         vision.update(type="naflex", position_grid_size=grid)
     else:
         vision.update(type="fixed", image_size=vc["image_size"])

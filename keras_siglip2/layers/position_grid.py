@@ -19,10 +19,13 @@ work and memory are O(B * N * G^2) whatever the image shapes: no (B, h_max, w_ma
 resized grid is materialized, there is no per-side cap (big_vision resizes to a static
 64 x 64 canvas and returns NaN beyond it), every shape is static for a given sequence
 length (one XLA compilation per length), and there is no Python loop over images.
+`position_embeddings` is that computation as a function of the grid;
 `antialiased_bilinear_matrices` / `resize_position_grid` give the same numbers in matrix
-form (tests, inspection, conversion)."""
+form (tests, inspection, conversion), and `position_embeddings_per_image_loop` the same
+numbers the reference way, one image at a time in a Python loop (tests, benchmark)."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_siglip2.layers.initializers import embedding_init
@@ -90,6 +93,15 @@ def resize_position_grid(grid, grid_shapes, max_height, max_width):
     return ops.einsum("bwj,bhjd->bhwd", a_w, rows_resized)
 
 
+def _masked_positions(patch_positions, patch_mask):
+    """int32 (B, N, 2) positions with padding entries moved to (0, 0)."""
+    positions = ops.cast(patch_positions, "int32")
+    if patch_mask is not None:
+        real = ops.cast(patch_mask, "bool")[..., None]
+        positions = ops.where(real, positions, ops.zeros_like(positions))
+    return positions
+
+
 def grid_shapes_from_positions(patch_positions, patch_mask=None):
     """(h, w) of each image's patch grid: 1 + the largest row / column of its real patches.
 
@@ -100,11 +112,69 @@ def grid_shapes_from_positions(patch_positions, patch_mask=None):
     Returns:
         int32 (B, 2), at least 1 per side.
     """
-    positions = ops.cast(patch_positions, "int32")
-    if patch_mask is not None:
-        real = ops.cast(patch_mask, "bool")[..., None]
-        positions = ops.where(real, positions, ops.zeros_like(positions))
+    positions = _masked_positions(patch_positions, patch_mask)
     return ops.maximum(ops.max(positions, axis=1) + 1, 1)
+
+
+def position_embeddings(grid, patch_positions, patch_mask=None):
+    """The resized (G_h, G_w, d) grid at every patch, for a whole batch at once.
+
+    Each image's grid shape (h, w) is 1 + the largest (row, col) of its real patches;
+    patch n of image b gets sum_ij A_h[r, i] * grid[i, j] * A_w[c, j] for its
+    (r, c) = patch_positions[b, n]: one (B, N, G_h * G_w) @ (G_h * G_w, d) matmul,
+    no Python loop over images and no per-shape recompilation. Padding entries
+    (patch_mask 0) get cell (0, 0) of their image's resized grid.
+
+    Args:
+        grid: (G_h, G_w, d) learned grid.
+        patch_positions: (B, N, 2) int (row, col).
+        patch_mask: optional (B, N), 1 = real patch, 0 = padding.
+
+    Returns:
+        float32 (B, N, d).
+    """
+    grid = ops.convert_to_tensor(grid)
+    g_h, g_w, dim = grid.shape
+    positions = _masked_positions(patch_positions, patch_mask)
+    shapes = grid_shapes_from_positions(positions)
+    rows, cols = positions[..., 0], positions[..., 1]
+    w_rows = antialiased_bilinear_rows(rows, shapes[:, 0], g_h)  # (B, N, G_h)
+    w_cols = antialiased_bilinear_rows(cols, shapes[:, 1], g_w)  # (B, N, G_w)
+    weights = w_rows[..., :, None] * w_cols[..., None, :]  # (B, N, G_h, G_w)
+    batch, length = ops.shape(weights)[0], ops.shape(weights)[1]
+    weights = ops.reshape(weights, (batch, length, g_h * g_w))
+    return ops.matmul(weights, ops.reshape(ops.cast(grid, "float32"), (g_h * g_w, dim)))
+
+
+def position_embeddings_per_image_loop(grid, patch_positions, patch_mask=None):
+    """Reference for `position_embeddings`: the same numbers computed the way the
+    reference implementations do it, one image at a time in a Python loop (resize the
+    grid to that image's exact (h, w), then gather each patch's cell), as HF's
+    `Siglip2VisionEmbeddings.resize_positional_embeddings` loops over the batch.
+
+    Needs concrete (eager) positions and mask: the per-image shapes drive the loop,
+    so under `jit` every new (h, w) is a new program. Used by tests and by the
+    benchmark's "batched vs per-image loop" row; the model never calls it.
+
+    Args / returns: as `position_embeddings` (float32 (B, N, d)).
+    """
+    grid = ops.convert_to_tensor(grid)
+    dim = grid.shape[-1]
+    positions = np.asarray(ops.convert_to_numpy(patch_positions)).astype("int64")
+    if patch_mask is None:
+        mask = np.ones(positions.shape[:2], bool)
+    else:
+        mask = np.asarray(ops.convert_to_numpy(patch_mask)).astype(bool)
+    outputs = []
+    for b in range(positions.shape[0]):
+        real = positions[b][mask[b]]
+        h, w = (max(int(v) + 1, 1) for v in real.max(axis=0)) if real.size else (1, 1)
+        rows = np.where(mask[b], positions[b, :, 0], 0)
+        cols = np.where(mask[b], positions[b, :, 1], 0)
+        resized = resize_position_grid(grid, np.array([[h, w]], "int32"), h, w)[0]
+        flat = ops.reshape(resized, (h * w, dim))
+        outputs.append(ops.take(flat, ops.convert_to_tensor(rows * w + cols, "int32"), axis=0))
+    return ops.stack(outputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -137,21 +207,7 @@ class SigLIP2PositionGrid(keras.layers.Layer):
 
     def position_embeddings(self, patch_positions, patch_mask=None):
         """The (B, N, d) float32 embeddings of each patch (before adding)."""
-        positions = ops.cast(patch_positions, "int32")
-        shapes = grid_shapes_from_positions(positions, patch_mask)
-        rows, cols = positions[..., 0], positions[..., 1]
-        if patch_mask is not None:
-            real = ops.cast(patch_mask, "bool")
-            rows = ops.where(real, rows, ops.zeros_like(rows))
-            cols = ops.where(real, cols, ops.zeros_like(cols))
-        g = self.grid_size
-        w_rows = antialiased_bilinear_rows(rows, shapes[:, 0], g)  # (B, N, G)
-        w_cols = antialiased_bilinear_rows(cols, shapes[:, 1], g)  # (B, N, G)
-        weights = w_rows[..., :, None] * w_cols[..., None, :]  # (B, N, G, G)
-        batch, length = ops.shape(weights)[0], ops.shape(weights)[1]
-        weights = ops.reshape(weights, (batch, length, g * g))
-        grid = ops.reshape(ops.cast(self.grid, "float32"), (g * g, self.hidden_dim))
-        return ops.matmul(weights, grid)
+        return position_embeddings(self.grid, patch_positions, patch_mask)
 
     def call(self, tokens, patch_positions, patch_mask=None):
         embeddings = self.position_embeddings(patch_positions, patch_mask)
@@ -176,5 +232,7 @@ __all__ = [
     "antialiased_bilinear_matrices",
     "antialiased_bilinear_rows",
     "grid_shapes_from_positions",
+    "position_embeddings",
+    "position_embeddings_per_image_loop",
     "resize_position_grid",
 ]

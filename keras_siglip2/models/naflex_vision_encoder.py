@@ -51,6 +51,11 @@ def check_naflex_inputs(pixel_patches, patch_positions, patch_mask, patch_dim):
             f"`patch_mask` must have shape (B, N) (1 = real patch, 0 = padding); got "
             f"shape {m_shape}. {hint}"
         )
+    if 0 in (p_shape[1], pos_shape[1], m_shape[1]):
+        raise ValueError(
+            f"The NaFlex inputs have sequence length N = 0 (shapes {p_shape}, {pos_shape}, "
+            f"{m_shape}); every image needs at least one patch (N >= 1). {hint}"
+        )
     for axis, what in ((0, "batch size B"), (1, "sequence length N")):
         sizes = {"pixel_patches": p_shape[axis], "patch_positions": pos_shape[axis],
                  "patch_mask": m_shape[axis]}

@@ -67,6 +67,54 @@ def _check_max_num_patches(value):
     return int(value)
 
 
+def naflex_inputs_from_transformers(pixel_values, spatial_shapes, pixel_attention_mask):
+    """The three NaFlex inputs from Hugging Face `Siglip2ImageProcessor` outputs.
+
+    HF passes no positions: the first h * w entries of image b (its `spatial_shapes[b]`
+    = (h, w)) are its patches in row-major order, the rest padding. Its patches are
+    flattened in the same (py, px, c) order, with values in [-1, 1], so they are used
+    as they are. Numpy / torch / any array in; numpy out (eager only).
+
+    Args:
+        pixel_values: (B, N, p * p * 3) float.
+        spatial_shapes: (B, 2) int, each image's (h, w) patch grid.
+        pixel_attention_mask: (B, N), 1 = real patch.
+
+    Returns:
+        {"pixel_patches", "patch_positions", "patch_mask"} as numpy arrays.
+    """
+    values = np.asarray(pixel_values, dtype=np.float32)
+    shapes = np.asarray(spatial_shapes).astype(np.int64)
+    mask = np.asarray(pixel_attention_mask).astype(np.int32)
+    if values.ndim != 3 or mask.shape != values.shape[:2] or shapes.shape != (mask.shape[0], 2):
+        raise ValueError(
+            "Expected `pixel_values` (B, N, D), `spatial_shapes` (B, 2) and "
+            f"`pixel_attention_mask` (B, N); got shapes {values.shape}, {shapes.shape}, "
+            f"{mask.shape}."
+        )
+    length = mask.shape[1]
+    if (shapes < 1).any() or (shapes.prod(-1) > length).any():
+        raise ValueError(
+            f"`spatial_shapes` must hold (h, w) >= 1 with h * w <= N = {length}; got "
+            f"{shapes.tolist()}."
+        )
+    index = np.arange(length)
+    real = index[None, :] < shapes.prod(-1)[:, None]
+    if not np.array_equal(mask.astype(bool), real):
+        raise ValueError(
+            "`pixel_attention_mask` must mark exactly the first h * w entries of each "
+            f"image (h, w = its `spatial_shapes` {shapes.tolist()}) as real patches; got "
+            f"{mask.sum(-1).tolist()} real patches per image."
+        )
+    width = shapes[:, 1:2]
+    positions = np.stack([index // width, index % width], -1) * real[..., None]
+    return {
+        "pixel_patches": values,
+        "patch_positions": positions.astype(np.int32),
+        "patch_mask": real.astype(np.int32),
+    }
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip2")
 class SigLIP2NaFlexImageConverter(ImageConverter):
     """Aspect-preserving resize to a patch budget, patchify and pad (SigLIP 2 NaFlex).

@@ -15,6 +15,8 @@ from keras_siglip2.layers.position_grid import (  # noqa: E402
     antialiased_bilinear_matrices,
     antialiased_bilinear_rows,
     grid_shapes_from_positions,
+    position_embeddings,
+    position_embeddings_per_image_loop,
     resize_position_grid,
 )
 
@@ -149,6 +151,28 @@ def test_layer_mixed_batch_with_padding(grid16, layer16):
         # Padding gets cell (0, 0), as big_vision / HF.
         pad = out[b, h * w:]
         np.testing.assert_allclose(pad, np.broadcast_to(ref[0, 0], pad.shape), atol=2e-6)
+
+
+def test_batched_equals_per_image_loop(grid16):
+    """The batched computation (one program for any mix of grids) gives what the
+    reference's per-image loop gives (resize to each exact (h, w), then gather)."""
+    shapes = [(3, 80), (1, 1), (80, 3)]  # each new shape costs the loop a compilation
+    n = 240
+    positions = np.zeros((len(shapes), n, 2), "int32")
+    mask = np.zeros((len(shapes), n), "int32")
+    rng = np.random.default_rng(4)
+    for b, (h, w) in enumerate(shapes):
+        perm = rng.permutation(n)[: h * w]  # real patches scattered among the padding
+        positions[b, perm] = grid_positions(h, w)
+        mask[b, perm] = 1
+    batched = np.asarray(jax.jit(position_embeddings)(grid16, positions, mask))
+    looped = np.asarray(position_embeddings_per_image_loop(grid16, positions, mask))
+    assert batched.shape == looped.shape == (len(shapes), n, grid16.shape[-1])
+    np.testing.assert_allclose(batched, looped, atol=2e-6, rtol=0)
+    for b, (h, w) in enumerate(shapes):  # and both are the float64 formula
+        real = mask[b].astype(bool)
+        ref = reference_resize(grid16, h, w)[positions[b, real, 0], positions[b, real, 1]]
+        np.testing.assert_allclose(looped[b, real], ref, atol=2e-6, rtol=0)
 
 
 def test_layer_shuffled_patches(embed):
