@@ -62,11 +62,14 @@ class SigLIP2Attention(keras.layers.Layer):
             x, (shape[0], shape[1], parts, self.num_heads, self.head_dim)
         )
 
-    def call(self, x, context=None, key_mask=None):
+    def call(self, x, context=None, key_mask=None, attention_mask=None):
         """Attends from `x` (B, T, d) to `context` (B, S, d), or to `x` itself.
 
         `key_mask`: optional (B, S) bool/int, True = a real token that may be
         attended to; padding keys get no weight.
+        `attention_mask`: optional (B, T, S) or (T, S) bool/int, True where query t
+        may attend to key s (e.g. a causal mask); combined with `key_mask` by AND.
+        Every query must keep at least one key.
         """
         if self.cross_attention:
             context = x if context is None else context
@@ -79,6 +82,10 @@ class SigLIP2Attention(keras.layers.Layer):
         mask = None
         if key_mask is not None:
             mask = ops.cast(key_mask, "bool")[:, None, None, :]
+        if attention_mask is not None:
+            allowed = ops.cast(attention_mask, "bool")
+            allowed = allowed[:, None] if len(allowed.shape) == 3 else allowed[None, None]
+            mask = allowed if mask is None else ops.logical_and(mask, allowed)
         out = ops.dot_product_attention(q, k, v, mask=mask)
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
