@@ -110,6 +110,20 @@ class SigLIP2Backbone(Backbone):
         return self.text_encoder({"token_ids": token_ids})
 
     @classmethod
+    def get_layout_map(
+        cls,
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """A `keras.distribution.LayoutMap` sharding every large variable (towers,
+        heads, LocCa decoder, teacher copies) FSDP-style over the model axis; see
+        `keras_siglip2.distribution.get_layout_map`."""
+        from keras_siglip2.distribution import get_layout_map
+
+        return get_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+
+    @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Loads a preset: a name from `keras_siglip2.list_presets()`, a local preset
         directory, or a `kaggle://` / `hf://` / `gs://` handle."""

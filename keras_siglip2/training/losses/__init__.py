@@ -18,3 +18,7 @@ from keras_siglip2.training.losses.sigmoid import (
     sigmoid_logits,
     sigmoid_loss,
 )
+from keras_siglip2.training.losses.distributed import (
+    DistributedSigLIPLoss,
+    distributed_sigmoid_loss,
+)

@@ -1,0 +1,386 @@
+"""Data and model parallel SigLIP 2 training with `keras.distribution` (JAX backend).
+
+The paper trains on TPU pods with the batch split over devices and the parameters
+sharded FSDP-style (paper sec. 2; big_vision's `fsdp` sharding). Here:
+
+- `make_mesh("batch=4,model=2")` builds a `keras.distribution.DeviceMesh` with a data
+  axis `batch` and a parameter-sharding axis `model`.
+- `get_layout_map(device_mesh)` (also `SigLIP2Backbone.get_layout_map`) shards every
+  large variable over the `model` axis by regular expressions over variable paths: the
+  embeddings, position embeddings / grid, attention and MLP kernels, the MAP probe, the
+  text head, and the same layers anywhere under a prefix (the EMA teacher
+  `teacher_vision_encoder/...`, the LocCa decoder `locca_decoder/...`) plus the
+  decoder's image and output projections and the SILC / TIPS projection heads
+  (`silc_head`, `tips_head` and their `teacher_*` copies). Small variables (biases,
+  LayerNorms, t and b, mask tokens, centers) are replicated. Optimizer slots follow
+  their variable.
+- `setup_distribution("batch=4,model=2", batch_size=..., backbone=...)` checks that the
+  mesh fits the devices, the batch and the model (heads, widths) before
+  anything is built, and sets a `DataParallel` (model axis 1) or `ModelParallel`
+  distribution.
+- `initialize_multihost()` starts JAX's multi-process runtime
+  (`jax.distributed.initialize()`) on TPU pods / multi-host GPU clusters; call it first.
+
+The sigmoid loss across devices is `keras_siglip2.training.losses.distributed`.
+"""
+
+import json
+import math
+import os
+
+import keras
+
+DATA_AXIS = "batch"
+MODEL_AXIS = "model"
+
+# Path patterns (matched with re.fullmatch against `variable.path`) and the sharding of
+# each variable, with "model" standing for the model axis. Every pattern accepts any
+# prefix, so the same rules shard a teacher copy (`teacher/vision_encoder/...`) or the
+# LocCa decoder (`locca_decoder/decoder_block_0/...`). The patterns are mutually
+# exclusive (keras' LayoutMap refuses a path matching two of them).
+_ANY = r"(?:.*/)?"
+LAYOUT_RULES = (
+    # Embedding tables (vocabulary, d): over d, whatever the vocabulary size.
+    (_ANY + r"token_embedding/embeddings", (None, "model")),
+    # Learned position embeddings (1, N, d) and the NaFlex grid (G, G, d): over d.
+    (_ANY + r"position_embedding/embeddings", (None, None, "model")),
+    (_ANY + r"position_grid/grid", (None, None, "model")),
+    # Patch stem (p * p * 3, d): over d (p * p * 3 = 588 for /14 does not split).
+    (_ANY + r"patch_embedding/dense/kernel", (None, "model")),
+    # Attention (self_attention, cross_attention, MAP: any layer named *attention):
+    # the projections into the heads over their output, the output projection over
+    # its input.
+    (_ANY + r"[^/]*attention/(?:qkv|query|key|value|key_value)/kernel", (None, "model")),
+    (_ANY + r"[^/]*attention/out/kernel", ("model", None)),
+    # MLP blocks (encoders, MAP head, decoder): d -> mlp and mlp -> d, over mlp.
+    (_ANY + r"mlp/fc1/kernel", (None, "model")),
+    (_ANY + r"mlp/fc2/kernel", ("model", None)),
+    # MAP head probe (1, 1, d).
+    (_ANY + r"map_head/probe", (None, None, "model")),
+    # Text projection head (d_text, d).
+    (_ANY + r"text_encoder/head/kernel", (None, "model")),
+    # LocCa decoder: image-token projection (d_image, d) and the output projection
+    # (d, vocabulary) over the vocabulary (its (B, L, V) logits come out sharded).
+    (_ANY + r"locca_decoder/image_projection/kernel", (None, "model")),
+    (_ANY + r"locca_decoder/logits/kernel", (None, "model")),
+    # SILC / TIPS projection heads (student and teacher, any layer named *_head): the
+    # MLP Dense kernels mlp_0, mlp_1, ... and the weight-normalized prototype kernel
+    # (bottleneck, K), whose column norms stay local when sharded over K.
+    (_ANY + r"[^/]*_head/mlp_\d+/kernel", (None, "model")),
+    (_ANY + r"[^/]*_head/last_kernel", (None, "model")),
+)
+
+
+def _axis_sizes(device_mesh):
+    return dict(zip(device_mesh.axis_names, device_mesh.shape))
+
+
+def _check_axis_names(device_mesh, **names):
+    axes = list(device_mesh.axis_names)
+    for argument, name in names.items():
+        if name not in axes:
+            raise ValueError(
+                f"`{argument}`={name!r} is not an axis of the device mesh; its axes are "
+                f"{axes} (shape {tuple(device_mesh.shape)}). Build the mesh with "
+                f"`make_mesh(\"{DATA_AXIS}=N,{MODEL_AXIS}=M\")` or pass the axis names "
+                "it uses."
+            )
+
+
+def layout_rules(model_parallel_dim_name=MODEL_AXIS):
+    """[(path regex, sharding spec)] with the model axis renamed."""
+    return [
+        (pattern, tuple(model_parallel_dim_name if a == "model" else a for a in spec))
+        for pattern, spec in LAYOUT_RULES
+    ]
+
+
+def get_layout_map(
+    device_mesh,
+    model_parallel_dim_name=MODEL_AXIS,
+    data_parallel_dim_name=DATA_AXIS,
+):
+    """A `keras.distribution.LayoutMap` sharding every large SigLIP 2 variable over the
+    model axis (see `LAYOUT_RULES`); variables it does not name are replicated.
+
+    Args:
+        device_mesh: `keras.distribution.DeviceMesh` holding both axes.
+        model_parallel_dim_name: the axis the parameters are sharded over.
+        data_parallel_dim_name: the axis the batch is split over (checked to exist;
+            the variables are not sharded over it).
+    """
+    if not isinstance(device_mesh, keras.distribution.DeviceMesh):
+        raise TypeError(
+            "`device_mesh` must be a keras.distribution.DeviceMesh (see "
+            f"`keras_siglip2.distribution.make_mesh`); got {type(device_mesh).__name__}."
+        )
+    _check_axis_names(
+        device_mesh,
+        model_parallel_dim_name=model_parallel_dim_name,
+        data_parallel_dim_name=data_parallel_dim_name,
+    )
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    for pattern, spec in layout_rules(model_parallel_dim_name):
+        layout_map[pattern] = spec
+    return layout_map
+
+
+def make_mesh(spec="batch=-1", devices=None, axis_names=(DATA_AXIS, MODEL_AXIS)):
+    """A 2-D `DeviceMesh` (data axis, model axis) from a string like "batch=4,model=2".
+
+    An axis left out is 1 for `model` and "all the remaining devices" for `batch`; one
+    size may be -1 (inferred). The sizes must multiply to the number of devices.
+
+    Args:
+        spec: "NAME=SIZE,..." with NAME among `axis_names`.
+        devices: the devices (default: `keras.distribution.list_devices()`).
+        axis_names: (data axis, model axis) names.
+    """
+    devices = list(devices) if devices is not None else keras.distribution.list_devices()
+    data_axis, model_axis = axis_names
+    if not isinstance(spec, str):
+        raise TypeError(f"`mesh` must be a string like \"batch=4,model=2\"; got {spec!r}.")
+    sizes = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError(
+                f"`mesh`={spec!r}: entry {item!r} must be NAME=SIZE, e.g. "
+                f"\"{data_axis}=4,{model_axis}=2\"."
+            )
+        if name not in axis_names:
+            raise ValueError(
+                f"`mesh`={spec!r}: unknown axis name {name!r}; the axes are "
+                f"{data_axis!r} (data parallel) and {model_axis!r} (parameter sharding)."
+            )
+        if name in sizes:
+            raise ValueError(f"`mesh`={spec!r}: axis {name!r} is given twice.")
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if size < 1 and size != -1:
+            raise ValueError(
+                f"`mesh`={spec!r}: the size of axis {name!r} must be a positive integer "
+                f"(or -1 to infer it); got {value.strip()!r}."
+            )
+        sizes[name] = size
+    sizes.setdefault(model_axis, 1)
+    sizes.setdefault(data_axis, -1)
+    count = len(devices)
+    inferred = [name for name, size in sizes.items() if size == -1]
+    if len(inferred) > 1:
+        raise ValueError(f"`mesh`={spec!r}: at most one axis size may be -1.")
+    if inferred:
+        known = math.prod(size for size in sizes.values() if size != -1)
+        if count % known:
+            raise ValueError(
+                f"`mesh`={spec!r}: {count} devices cannot be split into axes of size "
+                f"{known} ({sizes})."
+            )
+        sizes[inferred[0]] = count // known
+    shape = (sizes[data_axis], sizes[model_axis])
+    if math.prod(shape) != count:
+        raise ValueError(
+            f"`mesh`={spec!r} needs {data_axis} x {model_axis} = {shape[0]} x {shape[1]} = "
+            f"{math.prod(shape)} devices, but {count} are available; the sizes must "
+            f"multiply to {count}."
+        )
+    return keras.distribution.DeviceMesh(shape, list(axis_names), devices)
+
+
+def _tower_configs(backbone):
+    """{"vision_encoder": config, "text_encoder": config} of a backbone (or a
+    pretrainer's), its `get_config()`, a preset directory or a preset name."""
+    if isinstance(backbone, (str, os.PathLike)):
+        path = os.fspath(backbone)
+        if not os.path.isdir(path):  # a preset name: its architecture, no download
+            from keras_siglip2.presets import get_preset
+
+            architecture = get_preset(path)["architecture"]
+            return {"vision_encoder": architecture["vision"], "text_encoder": architecture["text"]}
+        with open(os.path.join(path, "config.json")) as f:
+            backbone = json.load(f)
+    if hasattr(backbone, "backbone") and hasattr(backbone.backbone, "vision_encoder"):
+        backbone = backbone.backbone  # a pretrainer
+    if hasattr(backbone, "get_config") and not isinstance(backbone, dict):
+        backbone = backbone.get_config()
+    if not isinstance(backbone, dict):
+        raise TypeError(
+            "`backbone` must be a SigLIP2Backbone, its config dict, a preset name or a "
+            f"preset directory; got {type(backbone).__name__}."
+        )
+    config = backbone.get("config", backbone)
+    towers = {}
+    for key in ("vision_encoder", "text_encoder"):
+        tower = config.get(key)
+        if tower is None:
+            raise ValueError(f"The backbone config has no {key!r} entry: {sorted(config)}.")
+        if hasattr(tower, "get_config"):
+            tower = tower.get_config()
+        towers[key] = tower.get("config", tower)
+    return towers
+
+
+def check_divisibility(
+    device_mesh,
+    batch_size=None,
+    backbone=None,
+    model_parallel_dim_name=MODEL_AXIS,
+    data_parallel_dim_name=DATA_AXIS,
+):
+    """Raises a ValueError unless the mesh splits the batch and the model evenly.
+
+    Checked: the global `batch_size` over the data axis, and for a `backbone` (instance,
+    config, preset name or directory) every sharded size over the model axis: each tower's
+    `num_heads` (each device holds whole heads of the q/k/v projections), `hidden_dim`,
+    `intermediate_dim` and the text projection width. (Sizes outside the backbone,
+    such as the LocCa vocabulary, are checked when their variables are created, see
+    `SigLIP2ModelParallel`.)
+    """
+    sizes = _axis_sizes(device_mesh)
+    _check_axis_names(
+        device_mesh,
+        model_parallel_dim_name=model_parallel_dim_name,
+        data_parallel_dim_name=data_parallel_dim_name,
+    )
+    data, model = sizes[data_parallel_dim_name], sizes[model_parallel_dim_name]
+    if batch_size is not None and batch_size % data:
+        raise ValueError(
+            f"The global batch size {batch_size} must be divisible by the "
+            f"{data_parallel_dim_name!r} axis of the mesh ({data} devices); use a "
+            f"multiple of {data}."
+        )
+    if backbone is None or model == 1:
+        return
+    for tower, config in _tower_configs(backbone).items():
+        names = ["num_heads", "hidden_dim", "intermediate_dim"]
+        names += ["projection_dim"] if tower == "text_encoder" else []
+        for name in names:
+            value = config.get(name)
+            if value is not None and value % model:
+                what = "attention heads" if name == "num_heads" else name
+                raise ValueError(
+                    f"The {model_parallel_dim_name!r} axis of the mesh ({model} devices) "
+                    f"must divide the {what} of the {tower} ({name}={value}); choose a "
+                    f"{model_parallel_dim_name} size that divides {value}."
+                )
+
+
+class SigLIP2ModelParallel(keras.distribution.ModelParallel):
+    """`keras.distribution.ModelParallel` that checks each variable's layout against its
+    shape when the variable is created: a sharded dimension the mesh axis does not
+    divide (or a spec of the wrong rank) raises a ValueError naming the variable path,
+    its shape, the spec and the mesh, instead of a backend error. This covers the
+    variables `check_divisibility` cannot see (LocCa decoder, projection heads)."""
+
+    def get_variable_layout(self, variable):
+        layout = super().get_variable_layout(variable)
+        if getattr(variable, "_layout", None) is not None:
+            return layout  # set explicitly (optimizer slots copy their variable's)
+        shape = tuple(variable.shape)
+        axes = tuple(layout.axes)
+        sizes = _axis_sizes(self.device_mesh)
+        if len(axes) != len(shape):
+            raise ValueError(
+                f"The layout {axes} for variable {variable.path!r} has rank {len(axes)}, "
+                f"but the variable has shape {shape}. Rename the layer or add a "
+                "LayoutMap entry for it."
+            )
+        for dim, axis in zip(shape, axes):
+            if axis is not None and dim % sizes[axis]:
+                raise ValueError(
+                    f"Variable {variable.path!r} of shape {shape} cannot be sharded as "
+                    f"{axes} over the mesh {sizes}: {dim} is not divisible by the "
+                    f"{sizes[axis]} devices of axis {axis!r}. Choose a mesh whose "
+                    f"{axis!r} size divides {dim}."
+                )
+        return layout
+
+
+def setup_distribution(
+    mesh="batch=-1",
+    batch_size=None,
+    backbone=None,
+    devices=None,
+    set_global=True,
+    auto_shard_dataset=False,
+    model_parallel_dim_name=MODEL_AXIS,
+    data_parallel_dim_name=DATA_AXIS,
+):
+    """Checks and creates the distribution for a mesh spec (as `siglip2 train --mesh`).
+
+    A model axis of size 1 gives `keras.distribution.DataParallel` over all devices;
+    otherwise `SigLIP2ModelParallel` with `get_layout_map`. Everything is checked
+    (`make_mesh`, `check_divisibility`) before the distribution is set.
+
+    Args:
+        mesh: "batch=4,model=2" (see `make_mesh`) or a `DeviceMesh`.
+        batch_size: the global batch size, checked against the data axis.
+        backbone: optional SigLIP2Backbone / pretrainer / config / preset name or
+            directory to check.
+        devices: optional device list (default: all).
+        set_global: also `keras.distribution.set_distribution(...)` it.
+        auto_shard_dataset: let Keras split a global `tf.data` dataset between the
+            hosts of a multi-host run. False by default: `image_text_dataset` already
+            reads this host's share (num_hosts / host_index from JAX), and its
+            `batch_size` is per host (global batch = per-host batch x hosts).
+
+    Returns:
+        The distribution (use it globally or as `with distribution.scope():`).
+    """
+    if isinstance(mesh, keras.distribution.DeviceMesh):
+        device_mesh = mesh
+    else:
+        device_mesh = make_mesh(
+            mesh, devices, axis_names=(data_parallel_dim_name, model_parallel_dim_name)
+        )
+    check_divisibility(
+        device_mesh,
+        batch_size,
+        backbone,
+        model_parallel_dim_name=model_parallel_dim_name,
+        data_parallel_dim_name=data_parallel_dim_name,
+    )
+    if _axis_sizes(device_mesh)[model_parallel_dim_name] == 1:
+        flat = list(device_mesh.devices.flatten())
+        distribution = keras.distribution.DataParallel(
+            device_mesh=keras.distribution.DeviceMesh(
+                (len(flat),), [data_parallel_dim_name], flat
+            ),
+            auto_shard_dataset=auto_shard_dataset,
+        )
+    else:
+        distribution = SigLIP2ModelParallel(
+            layout_map=get_layout_map(
+                device_mesh, model_parallel_dim_name, data_parallel_dim_name
+            ),
+            batch_dim_name=data_parallel_dim_name,
+            auto_shard_dataset=auto_shard_dataset,
+        )
+    if set_global:
+        keras.distribution.set_distribution(distribution)
+    return distribution
+
+
+def initialize_multihost(coordinator_address=None, num_processes=None, process_id=None):
+    """Starts the multi-process runtime (JAX: `jax.distributed.initialize()`) so that
+    every host sees all devices of the pod slice. Call it once per process, first,
+    before any other JAX / Keras work. On Cloud TPU all arguments are discovered from
+    the environment; elsewhere pass them (or set KERAS_DISTRIBUTION_JOB_ADDRESSES,
+    KERAS_DISTRIBUTION_NUM_PROCESSES, KERAS_DISTRIBUTION_PROCESS_ID).
+
+    Returns the number of processes.
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            "Multi-host training needs the JAX backend; got KERAS_BACKEND="
+            f"{keras.backend.backend()!r}."
+        )
+    keras.distribution.initialize(coordinator_address, num_processes, process_id)
+    import jax
+
+    return jax.process_count()
