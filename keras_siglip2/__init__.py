@@ -6,6 +6,7 @@ model classes to `keras_hub.models` (never replacing a name keras-hub defines), 
 """
 
 from keras_siglip2 import convert
+from keras_siglip2 import export  # a module that is also callable: keras_siglip2.export(...)
 from keras_siglip2 import layers
 from keras_siglip2 import models
 from keras_siglip2 import preprocessing
@@ -22,6 +23,13 @@ from keras_siglip2.preprocessing import (
     SigLIP2Tokenizer,
 )
 from keras_siglip2.presets import list_presets
+from keras_siglip2 import tasks
+from keras_siglip2.tasks import (
+    LinearProbe,
+    SigLIP2Retriever,
+    SigLIP2ZeroShotClassifier,
+    patch_features,
+)
 from keras_siglip2.registration import register_with_keras_hub
 
 __version__ = "0.1.0"

@@ -125,6 +125,424 @@ def cmd_convert(args):
     return 0
 
 
+# --------------------------------------------------------------------------- tasks
+# `embed`, `classify`, `retrieve`: the task helpers of keras_siglip2.tasks on a preset.
+
+DEFAULT_TASK_PRESET = "siglip2_base_patch16_224"
+MAX_PLOTTED_IMAGES = 16
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"siglip2: warning: {message}", file=sys.stderr)
+
+
+class _TaskOutput:
+    """While the work runs: warnings become `siglip2: warning: ...` lines and
+    everything written to stdout (keras' progress bars) goes to stderr, so that stdout
+    holds only the result (e.g. the `--json` document)."""
+
+    def __enter__(self):
+        import contextlib
+        import warnings
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _print_warning
+        self._stdout = contextlib.redirect_stdout(sys.stderr)
+        self._stdout.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._stdout.__exit__(*exc)
+        self._warnings.__exit__(*exc)
+        return False
+
+
+def load_task_model(preset):
+    """(backbone, preprocessor) of a preset name or a local preset directory."""
+    from keras_siglip2.models import SigLIP2Backbone
+    from keras_siglip2.preprocessing import SigLIP2Preprocessor
+    from keras_siglip2.presets import resolve_preset
+
+    path = resolve_preset(preset)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        raise FileNotFoundError(
+            f"--preset {preset}: the preset has no tokenizer (no tokenizer.json), so it "
+            "cannot embed text. Converted big_vision checkpoints carry none: convert again "
+            "with `siglip2 convert ... --tokenizer gemma_tokenizer.model`."
+        )
+    backbone = SigLIP2Backbone.from_preset(path)
+    try:
+        preprocessor = SigLIP2Preprocessor.from_preset(path)
+    except FileNotFoundError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(
+            f"--preset {preset}: the preset has no complete preprocessor (tokenizer + "
+            f"image converter): {first}"
+        ) from None
+    return backbone, preprocessor
+
+
+def parse_labels(text):
+    """`--labels a,b,c` -> ["a", "b", "c"]; empty, blank or duplicate labels are errors."""
+    from keras_siglip2.tasks.zero_shot import check_class_names
+
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise ValueError(
+            f"--labels {text!r} names no label; give comma-separated class names, e.g. "
+            "--labels cat,dog,bird."
+        )
+    for i, part in enumerate(parts):
+        if not part:
+            raise ValueError(f"--labels {text!r}: label {i + 1} is empty.")
+    return check_class_names(parts, name="--labels")
+
+
+def _check_plot_path(path):
+    if path is not None and not path.lower().endswith(".png"):
+        raise ValueError(f"--plot {path!r}: the plot is a PNG; give a path ending in .png.")
+
+
+def _read_texts(args):
+    texts = list(args.texts or [])
+    if getattr(args, "texts_file", None):
+        if not os.path.isfile(args.texts_file):
+            raise FileNotFoundError(f"--texts-file {args.texts_file!r} does not exist.")
+        with open(args.texts_file, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f]
+        texts += [line for line in lines if line.strip()]
+        if not any(line.strip() for line in lines):
+            raise ValueError(f"--texts-file {args.texts_file!r} holds no text (one per line).")
+    return texts
+
+
+def _skipped_json(skipped):
+    return [{"image": name, "reason": reason} for name, reason in skipped]
+
+
+def cmd_classify(args):
+    from keras_siglip2.tasks.images import expand_image_paths, load_images
+    from keras_siglip2.tasks.zero_shot import (
+        SigLIP2ZeroShotClassifier,
+        check_templates,
+        templates_for_language,
+    )
+
+    labels = parse_labels(args.labels)
+    if args.templates and args.lang:
+        raise ValueError("Give either --templates or --lang, not both.")
+    if args.templates:
+        templates = check_templates(args.templates)
+    else:
+        templates = templates_for_language(args.lang or "en")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1; got {args.top_k}.")
+    _check_plot_path(args.plot)
+    paths = expand_image_paths(args.images)  # missing files / empty folders: before loading
+    with _TaskOutput():
+        backbone, preprocessor = load_task_model(args.preset)
+        arrays, kept, skipped = load_images(paths, skip_unreadable=True)
+        classifier = SigLIP2ZeroShotClassifier(
+            backbone, preprocessor, labels, templates, batch_size=args.batch_size,
+            verbose=len(arrays) > args.batch_size,
+        )
+        probabilities = classifier.predict(arrays)
+    from keras_siglip2.tasks.zero_shot import top_k_labels
+
+    tops = top_k_labels(probabilities, labels, args.top_k)
+    results = [
+        {
+            "image": paths[i],
+            "top_k": [{"label": label, "probability": p} for label, p in top],
+            "probabilities": {label: float(p) for label, p in zip(labels, row)},
+        }
+        for i, top, row in zip(kept, tops, probabilities)
+    ]
+    plot = None
+    if args.plot:
+        from keras_siglip2.tasks.plots import plot_classification
+
+        n = min(len(results), MAX_PLOTTED_IMAGES)
+        if n < len(results):
+            print(f"siglip2: note: --plot shows the first {n} of {len(results)} images.",
+                  file=sys.stderr)
+        plot = os.path.abspath(plot_classification(
+            arrays[:n], tops[:n], args.plot, title=[paths[i] for i in kept[:n]]
+        ))
+    if args.json:
+        print(json.dumps({
+            "preset": args.preset,
+            "labels": labels,
+            "templates": templates,
+            "results": results,
+            "skipped": _skipped_json(skipped),
+            "plot": plot,
+        }, ensure_ascii=False))
+        return 0
+    width = max(len(label) for label in labels)
+    for result in results:
+        print(result["image"])
+        for entry in result["top_k"]:
+            print(f"  {entry['label']:<{width}}  {entry['probability']:.4f}")
+    if plot:
+        print(f"Wrote {plot}")
+    return 0
+
+
+def cmd_embed(args):
+    import numpy as np
+
+    from keras_siglip2.tasks.images import expand_image_paths
+    from keras_siglip2.tasks.retrieval import SigLIP2Retriever
+
+    texts = _read_texts(args)
+    if not args.images and not texts:
+        raise ValueError("Nothing to embed: give --images, --texts or --texts-file.")
+    out = args.out
+    if not out.endswith((".npy", ".npz")):
+        raise ValueError(f"--out {out!r} must end with .npy (one array) or .npz (an index).")
+    if out.endswith(".npy") and args.images and texts:
+        raise ValueError(
+            "--out .npy holds one array: embed images or texts, or write both to a .npz."
+        )
+    paths = expand_image_paths(args.images) if args.images else []
+    with _TaskOutput():
+        backbone, preprocessor = load_task_model(args.preset)
+        retriever = SigLIP2Retriever(backbone, preprocessor, batch_size=args.batch_size)
+        if paths:
+            retriever.add_images(paths)
+        if texts:
+            retriever.add_texts(texts)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    if out.endswith(".npz"):
+        retriever.save(out)
+    else:
+        np.save(out, retriever.image_embeddings if paths else retriever.text_embeddings)
+    summary = {
+        "out": os.path.abspath(out),
+        "images": len(retriever.image_ids),
+        "texts": len(retriever.text_ids),
+        "dim": retriever.embedding_dim,
+        "image_ids": retriever.image_ids,
+        "skipped": _skipped_json(retriever.skipped),
+        "normalized": True,
+    }
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(
+            f"Wrote {summary['out']}: {summary['images']} image and {summary['texts']} text "
+            f"embeddings of dimension {summary['dim']} (L2-normalized)."
+        )
+    return 0
+
+
+def cmd_retrieve(args):
+    import numpy as np
+
+    from keras_siglip2.tasks.embedding import sigmoid
+    from keras_siglip2.tasks.images import expand_image_paths
+    from keras_siglip2.tasks.retrieval import SigLIP2Retriever
+
+    texts = _read_texts(args)
+    queries = list(args.query or [])
+    image_queries = list(args.query_image or [])
+    if not args.images and not args.index and not texts:
+        raise ValueError("Nothing to search: give --images (a folder or files), --texts or --index.")
+    if not queries and not image_queries:
+        raise ValueError("Give at least one --query TEXT (or --query-image PATH).")
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1; got {args.k}.")
+    _check_plot_path(args.plot)
+    if args.plot and not queries:
+        raise ValueError("--plot draws the images found for text queries; give --query.")
+    if args.save_index and not args.save_index.endswith(".npz"):
+        raise ValueError(f"--save-index {args.save_index!r} must end with .npz.")
+    paths = expand_image_paths(args.images) if args.images else []
+    query_paths = expand_image_paths(image_queries) if image_queries else []
+    with _TaskOutput():
+        backbone, preprocessor = load_task_model(args.preset)
+        retriever = SigLIP2Retriever(backbone, preprocessor, batch_size=args.batch_size)
+        if args.index:
+            retriever.load(args.index)
+        if paths:
+            retriever.add_images(paths)
+        if texts:
+            retriever.add_texts(texts)
+        scale, bias = retriever.embedder.logit_scale, retriever.embedder.logit_bias
+        answers = []
+        for query in queries:
+            found = retriever.search_text(query, k=args.k, target="images")
+            answers.append(("text", query, "images", found))
+        for query in query_paths:
+            target = "texts" if retriever.text_ids else "images"
+            found = retriever.search_image(query, k=args.k, target=target)
+            answers.append(("image", query, target, found))
+    if args.save_index:
+        retriever.save(args.save_index)
+    out_queries = [
+        {
+            "query": query,
+            "kind": kind,
+            "target": target,
+            "results": [
+                {"id": i, "score": s, "probability": float(sigmoid(scale * np.float64(s) + bias))}
+                for i, s in found
+            ],
+        }
+        for kind, query, target, found in answers
+    ]
+    plot = None
+    if args.plot:
+        from keras_siglip2.tasks.plots import plot_retrieval_grid
+
+        text_answers = [a for a in answers if a[0] == "text"]
+        for _, _, _, found in text_answers:
+            for image_id, _ in found:
+                if not (isinstance(image_id, str) and os.path.isfile(image_id)):
+                    raise ValueError(
+                        f"--plot: result {image_id!r} is not an image file (an index built "
+                        "from arrays); cannot draw it."
+                    )
+        plot = os.path.abspath(plot_retrieval_grid(
+            [q for _, q, _, _ in text_answers],
+            [[i for i, _ in found] for *_, found in text_answers],
+            [[s for _, s in found] for *_, found in text_answers],
+            args.plot,
+        ))
+    summary = {
+        "preset": args.preset,
+        "indexed_images": len(retriever.image_ids),
+        "indexed_texts": len(retriever.text_ids),
+        "skipped": _skipped_json(retriever.skipped),
+        "index": os.path.abspath(args.save_index) if args.save_index else None,
+        "queries": out_queries,
+        "plot": plot,
+    }
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    for entry in out_queries:
+        print(f"{entry['kind']} query: {entry['query']}  ->  {entry['target']}")
+        for rank, result in enumerate(entry["results"], start=1):
+            print(f"  {rank:>2}. {result['score']:+.4f}  {result['id']}")
+    if summary["index"]:
+        print(f"Saved index {summary['index']}")
+    if plot:
+        print(f"Wrote {plot}")
+    return 0
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_arguments(p):
+    p.add_argument("--preset", default=DEFAULT_TASK_PRESET,
+                   help=f"preset name or local preset directory (default {DEFAULT_TASK_PRESET})")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="images / texts per forward pass (default 32)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_tasks_parsers(sub):
+    p = sub.add_parser(
+        "embed",
+        help="embed images and/or texts to .npy / .npz",
+        description="Embed images (files or folders) and/or texts with a SigLIP 2 preset. "
+        ".npy: one (N, D) array of L2-normalized embeddings; .npz: a retrieval index "
+        "(embeddings + ids) that `siglip2 retrieve --index` and SigLIP2Retriever.load read.",
+    )
+    p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts to embed")
+    p.add_argument("--texts-file", metavar="FILE", help="a UTF-8 file with one text per line")
+    p.add_argument("--out", required=True, help="output .npy or .npz file")
+    _add_model_arguments(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "classify",
+        help="zero-shot classify images against labels",
+        description="Zero-shot classification: each label gets an independent sigmoid "
+        "probability (SigLIP scores every image-label pair on its own; the probabilities "
+        "do not sum to 1). Put the images first: IMAGE... --labels a,b,c.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--labels", required=True, help="comma-separated class names, any language")
+    p.add_argument("--lang", help="built-in prompt templates of a language (en, de, fr, es, "
+                   "it, pt, nl, ru, zh, ja, ko, hi; default en)")
+    p.add_argument("--templates", nargs="+", metavar="TEMPLATE",
+                   help="your own prompt templates, each with one {} for the label")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown per image (default 5)")
+    p.add_argument("--plot", metavar="OUT.png", help="write the images with their top labels")
+    _add_model_arguments(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "retrieve",
+        help="index images (and texts) and search them",
+        description="Build (or load) an index and search it: --query TEXT finds images, "
+        "--query-image PATH finds the indexed texts (or similar images if no text is "
+        "indexed). Scores are cosine similarities; the JSON adds the model's match "
+        "probability sigmoid(exp(t) cos + b).",
+    )
+    p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders to index")
+    p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts to index")
+    p.add_argument("--texts-file", metavar="FILE", help="texts to index, one per line")
+    p.add_argument("--index", metavar="FILE.npz", help="a saved index (siglip2 embed --out X.npz)")
+    p.add_argument("--query", nargs="+", metavar="TEXT", help="text queries")
+    p.add_argument("--query-image", nargs="+", metavar="PATH", help="image queries")
+    p.add_argument("--k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("--save-index", metavar="OUT.npz", help="save the index for later searches")
+    p.add_argument("--plot", metavar="OUT.png", help="write a grid of the images found")
+    _add_model_arguments(p)
+    p.set_defaults(func=cmd_retrieve)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args):
+    from keras_siglip2.export import export
+
+    out_path = export(args.preset, args.out, format=args.format, tower=args.tower)
+    if args.json:
+        print(json.dumps({"out_path": out_path, "format": args.format, "tower": args.tower}))
+    else:
+        print(f"Wrote {args.format} export {out_path}.")
+    return 0
+
+
+def add_export_parser(sub):
+    p = sub.add_parser(
+        "export",
+        help="export a preset for serving (TF SavedModel or LiteRT)",
+        description="Export a SigLIP 2 preset for serving. saved_model: a TensorFlow "
+        "SavedModel with the signatures embed_images, embed_texts (L2-normalized "
+        "embeddings) and score (logits and probabilities); litert: a .tflite file of one "
+        "tower (the image tower by default). Both load without keras_siglip2.",
+    )
+    p.add_argument("preset", metavar="PRESET_OR_DIR", help="preset name or local preset directory")
+    p.add_argument("out", metavar="OUT", help="SavedModel directory or .tflite file to write "
+                   "(must not exist)")
+    p.add_argument("--format", choices=["saved_model", "litert"], default="saved_model",
+                   help="export format (default saved_model)")
+    p.add_argument("--tower", choices=["vision", "text", "both"], default=None,
+                   help="which tower(s) to export (default: both for saved_model, vision "
+                   "for litert)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_export)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -154,7 +572,8 @@ def add_convert_parser(sub):
 
 # Each entry adds one or more subcommands to the parser (in `--help` order). Feature
 # areas keep their `add_*_parser` / `cmd_*` pair in their own section of this file.
-SUBCOMMAND_PARSERS = [add_presets_parser, add_convert_parser]
+SUBCOMMAND_PARSERS = [add_presets_parser, add_tasks_parsers, add_convert_parser,
+                      add_export_parser]
 
 
 def build_parser():
