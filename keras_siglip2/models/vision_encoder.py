@@ -24,6 +24,16 @@ def image_size_pair(image_size):
     return pair
 
 
+def replace_masked_tokens(tokens, token_mask, mask_token):
+    """`tokens` (B, N, d) with the positions where `token_mask` (B, N) is nonzero
+    replaced by `mask_token` (broadcastable to (d,))."""
+    if mask_token is None:
+        raise ValueError("`token_mask` was given without a `mask_token`.")
+    mask = keras.ops.cast(token_mask, "bool")[..., None]
+    mask_token = keras.ops.reshape(keras.ops.cast(mask_token, tokens.dtype), (-1,))
+    return keras.ops.where(mask, mask_token[None, None, :], tokens)
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip2")
 class SigLIP2VisionEncoder(SigLIP2Tower):
     """Fixed-resolution SigLIP 2 ViT with MAP pooling.
@@ -99,8 +109,10 @@ class SigLIP2VisionEncoder(SigLIP2Tower):
     def image_shape(self):
         return (*self.image_size, 3)
 
-    def _tokens(self, images):
+    def _tokens(self, images, token_mask=None, mask_token=None):
         x = self.patch_embedding(images)
+        if token_mask is not None:
+            x = replace_masked_tokens(x, token_mask, mask_token)
         return self._run_encoder(self.position_embedding(x))
 
     def check_inputs(self, inputs):
@@ -112,9 +124,22 @@ class SigLIP2VisionEncoder(SigLIP2Tower):
     def __call__(self, inputs, *args, **kwargs):
         return super().__call__(self.check_inputs(inputs), *args, **kwargs)
 
-    def get_tokens(self, inputs):
-        """Patch tokens after the final LayerNorm, before pooling: (B, N, hidden_dim)."""
-        return self._tokens(self.check_inputs(inputs)["images"])
+    def get_tokens(self, inputs, token_mask=None, mask_token=None):
+        """Patch tokens after the final LayerNorm, before pooling: (B, N, hidden_dim).
+
+        `token_mask` (B, N), 1 = masked, with `mask_token` (hidden_dim,) or
+        (1, 1, hidden_dim): the patch-stem outputs at masked positions are replaced by
+        the mask token before the position embedding is added (TIPS masked
+        prediction, paper sec. 2.3). Without them the result is unchanged.
+        """
+        images = self.check_inputs(inputs)["images"]
+        return self._tokens(images, token_mask, mask_token)
+
+    def get_pooled_and_tokens(self, inputs, token_mask=None, mask_token=None):
+        """One pass giving the pooled embedding (B, hidden_dim) and the un-pooled
+        tokens (B, N, hidden_dim) it was pooled from (for LocCa / TIPS training)."""
+        tokens = self.get_tokens(inputs, token_mask, mask_token)
+        return self.head(tokens), tokens
 
     def get_config(self):
         config = super().get_config()
