@@ -30,6 +30,13 @@ from keras_siglip2.tasks import (
     SigLIP2ZeroShotClassifier,
     patch_features,
 )
+from keras_siglip2 import training
+from keras_siglip2.training import (
+    LossCurriculum,
+    ResolutionAdaptation,
+    SigLIP2Pretrainer,
+    SigLIPLoss,
+)
 from keras_siglip2.registration import register_with_keras_hub
 
 __version__ = "0.1.0"

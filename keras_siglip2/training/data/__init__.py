@@ -1,0 +1,24 @@
+"""Training data for the SigLIP 2 recipe (paper sec. 2): image-text sources and tf.data
+pipelines, multi-view augmentation, LocCa targets, filters and the synthetic demo data.
+
+Submodules are imported on use (they need TensorFlow): `pipeline.image_text_dataset`,
+`locca_targets.make_locca_targets`, `synthetic.synthetic_dataset`, ...
+"""
+
+_LAZY = {
+    "image_text_dataset": "pipeline",
+    "make_locca_targets": "locca_targets",
+    "synthetic_dataset": "synthetic",
+    "heldout_split": "synthetic",
+    "train_tokenizer": "synthetic",
+    "generate_examples": "synthetic",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"keras_siglip2.training.data.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'keras_siglip2.training.data' has no attribute {name!r}")

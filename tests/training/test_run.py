@@ -1,0 +1,166 @@
+"""Tests of `keras_siglip2.training.run.train` (the `siglip2 train` command): a few steps
+on a tiny local preset and a tiny CSV dataset written in the test, the saved preset,
+the summary, resumption, and the argument errors raised before any work."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.tasks.conftest import make_tiny_preset, tiny_spm_proto
+
+CAPTIONS = ["a photo of a cat", "a photo of a dog", "a photo of a bird",
+            "a red square", "a blue circle", "une photo de chat"]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(preset dir, csv path) : a tiny fixed-resolution preset and 12 image-caption rows."""
+    from keras_siglip2.training.data.sources import write_csv
+
+    root = tmp_path_factory.mktemp("train_run")
+    preset = make_tiny_preset(root / "preset", tiny_spm_proto())
+    rng = np.random.RandomState(0)
+    examples = [
+        (rng.randint(0, 256, (20, 24, 3)).astype(np.uint8), CAPTIONS[i % len(CAPTIONS)])
+        for i in range(12)
+    ]
+    csv_path = write_csv(str(root / "data" / "captions.csv"), examples)
+    return preset, csv_path
+
+
+def _weights(backbone):
+    return {w.path: np.asarray(w.numpy()) for w in backbone.weights}
+
+
+def _train(setup, out, **kwargs):
+    from keras_siglip2.training.run import train
+
+    preset, csv_path = setup
+    options = dict(steps=3, batch_size=4, decoder=False, self_distillation=False,
+                   masked_prediction=False, learning_rate=1e-3, seed=0, verbose=False)
+    options.update(kwargs)
+    return train(preset, csv_path, out_dir=str(out), **options)
+
+
+def test_train_saves_a_trained_preset(setup, tmp_path):
+    from keras_siglip2.models import SigLIP2Backbone
+    from keras_siglip2.preprocessing import SigLIP2Preprocessor
+
+    summary = _train(setup, tmp_path / "run")
+    assert summary["steps"] == 3
+    assert summary["losses"] == ["sigmoid"]
+    assert np.isfinite(summary["final_losses"]["sigmoid"])
+    on_disk = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert on_disk["steps"] == 3 and on_disk["preset_path"] == summary["preset_path"]
+    assert not (tmp_path / "run" / "backup").exists()  # a finished run drops its backup
+
+    before = _weights(SigLIP2Backbone.from_preset(setup[0]))
+    trained = SigLIP2Backbone.from_preset(summary["preset_path"])
+    after = _weights(trained)
+    assert before.keys() == after.keys()
+    assert all(np.all(np.isfinite(v)) for v in after.values())
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert any("vision_encoder" in k for k in changed), changed
+    assert any("text_encoder" in k for k in changed), changed
+    # The preset is complete: its preprocessor (tokenizer + image converter) loads.
+    preprocessor = SigLIP2Preprocessor.from_preset(summary["preset_path"])
+    assert tuple(preprocessor.image_converter.image_size) == tuple(
+        trained.vision_encoder.image_size
+    )
+
+
+@pytest.mark.large
+def test_resumed_run_matches_an_uninterrupted_one(setup, tmp_path):
+    """Interrupted after step 3 (backup at step 2), the same call resumes at step 2
+    with the data at batch 2 and ends with the weights of an uninterrupted run."""
+    import keras
+
+    from keras_siglip2.models import SigLIP2Backbone
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 3:
+                raise KeyboardInterrupt("simulated interruption")
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _train(setup, out, steps=4, checkpoint_every=2, callbacks=[Crash()])
+    assert (out / "backup" / "latest.weights.h5").is_file()
+    resumed = _train(setup, out, steps=4, checkpoint_every=2)
+    assert resumed["start_step"] == 2 and resumed["steps"] == 4
+    straight = _train(setup, tmp_path / "straight", steps=4, checkpoint_every=2)
+    a = _weights(SigLIP2Backbone.from_preset(resumed["preset_path"]))
+    b = _weights(SigLIP2Backbone.from_preset(straight["preset_path"]))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(data="missing.csv"), FileNotFoundError, "does not exist"),
+        (dict(data="nothing-*.tfrecord"), FileNotFoundError, "matches no file"),
+        (dict(preset="siglip2_bsae_patch16_224"), ValueError, "Unknown preset"),
+        (dict(steps=0), ValueError, "steps"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(mesh="batch=4,modle=2"), ValueError, "unknown axis name"),
+        (dict(mesh="batch=two"), ValueError, "positive integer"),
+        (dict(mesh="batch=4", batch_size=6), ValueError, "divisible"),
+        (dict(learning_rate=-1.0), ValueError, "learning_rate"),
+    ],
+)
+def test_bad_arguments_fail_before_work(setup, tmp_path, kwargs, error, words):
+    from keras_siglip2.training import run
+
+    preset, csv_path = setup
+    args = dict(preset=preset, data=csv_path, steps=2, batch_size=4, out_dir=str(tmp_path))
+    args.update(kwargs)
+    if "data" in kwargs:
+        args["data"] = str(tmp_path / kwargs["data"])
+    with pytest.raises(error, match=words):
+        run.train(**args, verbose=False)
+    assert not (tmp_path / "preset").exists()
+
+
+def test_cli_train_parser_and_error():
+    from keras_siglip2 import cli
+
+    args = cli.build_parser().parse_args(
+        ["train", "--preset", "p", "--data", "d.csv", "--steps", "5", "--batch-size", "8",
+         "--no-decoder", "--mesh", "batch=2"]
+    )
+    assert (args.steps, args.batch_size, args.decoder, args.mesh) == (5, 8, False, "batch=2")
+    assert cli.main(["train", "--preset", "p", "--data", "/no/such/file.csv"]) == 1
+
+
+@pytest.mark.large
+def test_cli_train_subprocess(setup, tmp_path):
+    preset, csv_path = setup
+    out = tmp_path / "cli"
+    env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"))
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_siglip2.cli", "train", "--preset", preset, "--data",
+         csv_path, "--steps", "2", "--batch-size", "4", "--out", str(out), "--no-decoder",
+         "--no-self-distillation", "--no-masked-prediction", "--json"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout)
+    assert printed["steps"] == 2
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and os.path.isdir(summary["preset_path"])
+    assert np.isfinite(summary["final_losses"]["sigmoid"])
+
+
+@pytest.mark.large
+def test_full_recipe_runs(setup, tmp_path):
+    """LocCa + SILC + TIPS (switched on at 80 % of 5 steps: at step 4) on the CSV."""
+    summary = _train(setup, tmp_path / "full", steps=5, batch_size=4, decoder=True,
+                     self_distillation=True, masked_prediction=True)
+    assert summary["losses"] == ["sigmoid", "locca", "silc", "tips"]
+    assert all(np.isfinite(v) for v in summary["final_losses"].values())
