@@ -30,7 +30,7 @@ EXPECTED = (
 )
 # Guides whose smoke run takes well over ~40 s of CPU (the pretrainer compiles three
 # curriculum stages; the export runs two TensorFlow subprocesses): `-m large` only.
-LARGE = {"05_pretraining_pod", "06_export_serving"}
+LARGE = {"03_naflex", "04_finetune_csv", "05_pretraining_pod", "06_export_serving"}
 DONE = "all checks passed"
 
 
