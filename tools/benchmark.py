@@ -1320,8 +1320,10 @@ def parse_args(argv):
                    help="tiny models and few rounds: the smoke run of the test suite")
     p.add_argument("--rows", default=",".join(ROWS),
                    help=f"comma-separated rows to run, from: {', '.join(ROWS)}")
-    p.add_argument("--out", default=str(ROOT / "docs"),
-                   help="directory for benchmarks.json and benchmarks.md (default: docs/)")
+    p.add_argument("--out", default=None,
+                   help="directory for benchmarks.json and benchmarks.md (default: docs/, "
+                        "or build/bench-quick/ with --quick so that a smoke run never "
+                        "replaces the published figures)")
     p.add_argument("--repeats", type=int, default=None, help="rounds per row (override)")
     p.add_argument("--caveat", default=None,
                    help="a sentence printed with the results (e.g. machine load)")
@@ -1360,7 +1362,7 @@ def main(argv=None):
         "notes": ctx["notes"],
     }
     failed = False
-    out = Path(args.out)
+    out = Path(args.out) if args.out else ROOT / ("build/bench-quick" if args.quick else "docs")
     for name in args.rows:
         title, fn = ROWS[name]
         t0 = _now()

@@ -349,7 +349,6 @@ class SigLIP2Pretrainer(keras.Model):
                 shape=(output_dim,), initializer="zeros", trainable=False, name="tips_center"
             )
         self._self_distillation_on = False  # Python mirror of the stage (static in traces)
-        self._checked_batch_keys = None
         names = ["loss"] + [f"{n}_loss" for n in self.active_terms]
         self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self._build_sublayers()
@@ -649,7 +648,6 @@ class SigLIP2Pretrainer(keras.Model):
                             value = np.zeros(new_v.shape)
                     new_v.assign(np.asarray(value).astype(new_v.dtype))
                 self.optimizer = new_optimizer
-        self._checked_batch_keys = None
         return True
 
     def _replace_layer(self, attr, new):
@@ -953,7 +951,7 @@ class SigLIP2Pretrainer(keras.Model):
 
         schedule = learning_rate_schedule_of(getattr(self, "optimizer", None))
         if schedule is not None and schedule.total_steps is None:
-            steps = steps_per_epoch or _dataset_length(x)
+            steps = steps_per_epoch or _num_batches(x, kwargs.get("batch_size"))
             if steps is None:
                 raise ValueError(
                     "The learning-rate schedule needs the number of training steps: pass "
@@ -962,7 +960,8 @@ class SigLIP2Pretrainer(keras.Model):
             schedule.set_total_steps(int(epochs) * int(steps))
         callbacks = list(callbacks or [])
         if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
-            callbacks.append(StopOnNonFiniteLoss())
+            # First, so that no checkpoint callback saves a non-finite step.
+            callbacks.insert(0, StopOnNonFiniteLoss())
         self.sync_stage_from_variables()
         return super().fit(
             x, y, epochs=epochs, callbacks=callbacks, steps_per_epoch=steps_per_epoch, **kwargs
@@ -1019,8 +1018,9 @@ class SigLIP2Pretrainer(keras.Model):
         return cls(**config)
 
 
-def _dataset_length(data):
-    """Number of batches of a finite tf.data.Dataset / sized iterable, else None."""
+def _num_batches(data, batch_size=None):
+    """Batches per epoch of a finite tf.data.Dataset, or of arrays / a dict of arrays
+    batched by `batch_size` (Keras' default 32); None when unknown."""
     try:
         import tensorflow as tf
 
@@ -1029,7 +1029,10 @@ def _dataset_length(data):
             return n if n > 0 else None
     except ImportError:  # pragma: no cover
         pass
-    try:
-        return len(data)
-    except TypeError:
+    first = data
+    if isinstance(data, dict) and data:
+        first = next(iter(data.values()))
+    shape = getattr(first, "shape", None)
+    if shape is None or not len(shape) or shape[0] is None:
         return None
+    return max(1, math.ceil(int(shape[0]) / int(batch_size or 32)))

@@ -98,8 +98,6 @@ def test_loss_curriculum_switches_at_80_percent():
     assert [r["tips_weight"] for r in recorder.logs] == [0, 0, 0, 0, 0.25]
     assert recorder.logs[-1]["silc_loss"] > 0 and recorder.logs[3]["silc_loss"] == 0
     assert p.self_distillation_started
-    # The teacher started as the student at step 4 and made one EMA step:
-    # teacher = m * S_4 + (1 - m) * S_5, so it lies between the two.
     assert int(numpy(p.optimizer.iterations)) == 5
 
 

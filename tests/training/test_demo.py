@@ -46,12 +46,15 @@ def check_outputs(out_dir, summary):
 
 
 def test_demo_smoke_run(tmp_path, compilation):
+    """8 steps; to save a compilation SILC / TIPS and the resolution switch start
+    together at step 7 here (the full curriculum is the large test's)."""
     out = tmp_path / "demo"
-    summary = run_demo(out, steps=10, verbose=False, **TINY)
+    summary = run_demo(out, steps=8, verbose=False, self_distillation_start=0.9,
+                       resolution_start=0.9, **TINY)
     written = check_outputs(out, summary)
-    assert written["steps"] == 10
+    assert written["steps"] == 8
     stages = written["stages"]
-    assert (stages[1]["start_step"], stages[2]["start_step"]) == (8, 9)
+    assert (stages[1]["start_step"], stages[2]["start_step"]) == (7, 7)
     # The exported preset is the model after the resolution switch.
     from keras_siglip2.models import SigLIP2Backbone
 

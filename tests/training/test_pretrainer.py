@@ -127,12 +127,10 @@ print(json.dumps({{"logs": logs, "teacher": teacher}}))
 """
 
 
-def test_jax_tensorflow_and_torch_train_steps_agree(tmp_path):
+def check_backends_agree(tmp_path, backends):
     """Same weights and batch (with the step's random choices given): every logged term
-    of two steps agrees within 1e-4 between the JAX, the TensorFlow and the torch train
-    steps, and so does the EMA teacher after them."""
-    if keras.backend.backend() != "jax":
-        pytest.skip("compares the JAX step with TensorFlow / torch subprocesses")
+    of two steps agrees within 1e-4 between the JAX train step and the other backends',
+    and so does the EMA teacher after them."""
     from tests.conftest import ROOT
 
     p = make()
@@ -145,13 +143,24 @@ def test_jax_tensorflow_and_torch_train_steps_agree(tmp_path):
     teacher = float(sum(np.abs(numpy(v)).sum() for v in p.teacher_vision_encoder.weights))
     assert jax_logs[0]["silc_loss"] > 0 and jax_logs[1]["loss"] != jax_logs[0]["loss"]
     code = OTHER_BACKEND_STEPS.format(root=str(ROOT), momentum=MOMENTUM, weights=weights)
-    for backend in ("tensorflow", "torch"):
+    for backend in backends:
         other = run_in_backend(backend, code)
         for step, (a, b) in enumerate(zip(jax_logs, other["logs"])):
             assert set(a) == set(b)
             for key in a:
                 assert abs(a[key] - b[key]) <= 1e-4, (backend, step, key, a[key], b[key])
         assert teacher == pytest.approx(other["teacher"], rel=1e-5), backend
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="compares JAX with a subprocess")
+def test_jax_and_tensorflow_train_steps_agree(tmp_path):
+    check_backends_agree(tmp_path, ["tensorflow"])
+
+
+@pytest.mark.large
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="compares JAX with a subprocess")
+def test_jax_and_torch_train_steps_agree(tmp_path):
+    check_backends_agree(tmp_path, ["torch"])
 
 
 def test_ema_teacher_equals_closed_form():
@@ -325,3 +334,21 @@ def test_naflex_backbone_trains_with_sigmoid_and_locca():
     assert set(logs[0]) == {"loss", "sigmoid_loss", "sigmoid_weight", "locca_loss",
                             "locca_weight"}
     assert all(np.isfinite(v) for v in logs[1].values()) and logs[1]["loss"] < logs[0]["loss"]
+
+
+def test_fit_sets_the_schedule_length():
+    from keras_siglip2.training.optimizers import learning_rate_schedule_of
+    from keras_siglip2.training.pretrainer import _num_batches
+
+    p = make()
+    p.compile()  # no total_steps: fit sets it from epochs x batches per epoch
+    batch = tiny_batch(fixed_random=True)
+    del batch["local_images"]  # stop at the first step, before any compilation
+    with pytest.raises(ValueError, match="local_images"):
+        p.fit(batch, batch_size=2, epochs=3, verbose=0)
+    assert learning_rate_schedule_of(p.optimizer).total_steps == 3 * 2
+    assert _num_batches(batch, 3) == 2 and _num_batches(batch["images"]) == 1
+    q = make()
+    q.compile()
+    with pytest.raises(ValueError, match="number of training steps"):
+        q.fit(iter([batch]), epochs=1, verbose=0)
