@@ -95,14 +95,8 @@ def test_big_vision_grid_that_is_not_3d_is_refused(bv):
 
 
 # ----------------------------------------------------------------- transformers
-try:
-    import torch
-    import transformers
-except ImportError:  # the [test] extra installs both
-    torch = transformers = None
-needs_transformers = pytest.mark.skipif(
-    transformers is None, reason="needs torch + transformers (the [test] extra)"
-)
+import torch  # the [test] extra installs both: a missing one must fail, not skip
+import transformers
 
 PATCH = 4
 # Aspect ratios from a 3.5:1 strip to a 1:7.5 column, in one batch of 48 patches.
@@ -188,7 +182,6 @@ def assert_same_model(a, b):
         np.testing.assert_array_equal(wa[path], wb[path], err_msg=path)
 
 
-@needs_transformers
 def test_transformers_siglip2_mixed_aspect_ratios(hf, hf_reference, hf_backbones):
     _, _, inputs = hf
     grids = inputs["patch_positions"].max(1) + 1
@@ -206,7 +199,6 @@ def test_transformers_siglip2_mixed_aspect_ratios(hf, hf_reference, hf_backbones
     np.testing.assert_allclose(tokens[real], hf_tokens[real], atol=TOL, rtol=0)
 
 
-@needs_transformers
 def test_transformers_directory_equals_live_model(hf_backbones):
     """The save_pretrained directory (safetensors) converts to the very same weights as
     the live model the test above checks against HF."""
@@ -214,7 +206,6 @@ def test_transformers_directory_equals_live_model(hf_backbones):
     assert_same_model(a, b)
 
 
-@needs_transformers
 def test_transformers_siglip2_80x12_grid(hf, hf_backbones):
     """80 patches on a side (beyond big_vision's 64 cap): finite and equal to HF, whose
     torch `interpolate(antialias=True)` has no cap either."""
@@ -250,7 +241,6 @@ def test_released_config_omits_defaults():
     assert {k: v for k, v in arch["text"].items() if k != "layer_norm_epsilon"} == expected["text"]
 
 
-@needs_transformers
 @pytest.mark.parametrize("model_type", sorted(HF_CONFIG_DEFAULTS))
 def test_config_defaults_are_transformers_defaults(model_type):
     prefix = "Siglip2" if model_type == "siglip2" else "Siglip"
@@ -260,7 +250,6 @@ def test_config_defaults_are_transformers_defaults(model_type):
             assert getattr(config, name) == value, (model_type, key, name)
 
 
-@needs_transformers
 def test_non_square_position_table_is_refused(hf, tmp_path):
     _, path, _ = hf
     config = json.loads((path / "config.json").read_text())
@@ -272,7 +261,6 @@ def test_non_square_position_table_is_refused(hf, tmp_path):
 
 
 # ----------------------------------------------------------------- presets
-@needs_transformers
 def test_naflex_presets_convert_from_transformers(hf, hf_backbones, tmp_path, monkeypatch):
     """`from_preset("siglip2_base_patch16_naflex")`: download (faked: the tiny HF
     directory stands in for hf://google/siglip2-base-patch16-naflex), from_transformers,

@@ -110,15 +110,10 @@ def test_dict_converter_outputs_are_merged(tokenizer, images):
     assert np.asarray(out["pixel_patches"]).shape == (len(TEXTS), 4, 3)
 
 
-def test_naflex_converter_if_available(tokenizer, images):
-    try:
-        from keras_siglip2.preprocessing import SigLIP2NaFlexImageConverter
-    except ImportError:
-        pytest.skip("SigLIP2NaFlexImageConverter is not part of this build")
-    try:
-        converter = SigLIP2NaFlexImageConverter(patch_size=4, max_num_patches=16)
-    except TypeError:
-        pytest.skip("SigLIP2NaFlexImageConverter takes other arguments")
+def test_naflex_converter(tokenizer, images):
+    from keras_siglip2.preprocessing import SigLIP2NaFlexImageConverter
+
+    converter = SigLIP2NaFlexImageConverter(patch_size=4, max_num_patches=16)
     out = SigLIP2Preprocessor(tokenizer, converter)({"images": images, "texts": TEXTS})
     assert {"pixel_patches", "patch_positions", "patch_mask", "token_ids"} <= set(out)
     assert "images" not in out
