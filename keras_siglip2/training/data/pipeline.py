@@ -16,7 +16,7 @@ Order of the stages (every stage runs in the `tf.data` graph):
    cheap checks (caption empty / not UTF-8, boxes, truncated or unknown image bytes,
    missing image file), `filter_fn`; bad examples are counted in `DataReport` and
    dropped (or, `strict=True`, raise naming the shard and record);
-2. the language mixture (`tf.data.Dataset.sample_from_datasets`, seeded);
+2. the language mixture (`tf.data.Dataset.choose_from_datasets`, stateless choices);
 3. resumption: the first `start_batch * batch_size` examples are skipped before decoding;
 4. decoding and the views, in parallel, order kept; an image that fails to decode is
    counted and dropped like the others; the end-of-epoch marker prints the report;
@@ -54,6 +54,7 @@ from keras_siglip2.training.data.report import (
 from keras_siglip2.training.data.sources import (
     RAW_SPEC,
     _raw_tensors,
+    epoch_seed,
     graph_fn,
     open_source,
     protected_map,
@@ -430,8 +431,16 @@ def record_stream(source, report, *, language_weights=None, default_language="",
     if len(streams) == 1:
         stream = streams[0]
     else:
-        stream = tf.data.Dataset.sample_from_datasets(
-            streams, weights=[weights[b] for b in bucket_names], seed=seed,
+        # Stateless choices (fixed by `seed` alone, not by the TF global seed).
+        logits = tf.math.log(tf.constant([[float(weights[b]) for b in bucket_names]]))
+
+        def choices(block):
+            draw = tf.random.stateless_categorical(
+                logits, 1024, seed=epoch_seed(seed, block, 4), dtype=tf.int64)
+            return tf.data.Dataset.from_tensor_slices(draw[0])
+
+        stream = tf.data.Dataset.choose_from_datasets(
+            streams, tf.data.Dataset.counter().flat_map(graph_fn(choices)),
             stop_on_empty_dataset=True,
         )
 

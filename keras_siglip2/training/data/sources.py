@@ -241,6 +241,25 @@ def permuted(values, seed):
     return tf.random.experimental.stateless_shuffle(values, seed=seed)
 
 
+def shuffled(dataset, buffer_size, seed):
+    """`dataset.shuffle(buffer_size)` in an order fixed by `seed` (an int tensor) alone.
+
+    tf.data pairs an op seed with the graph-level seed (`tf.random.set_seed`,
+    `keras.utils.set_random_seed`): the order would then change with the user's global
+    seed, breaking resumption in a process seeded differently, and a global seed of 0
+    makes a tensor op seed fail ("symbolic tf.Tensor as a Python bool"). The graph
+    seed is cleared while the op is made, so call this while tracing a dataset function."""
+    graph = tf.compat.v1.get_default_graph()
+    if tf.executing_eagerly():
+        raise RuntimeError("`shuffled` must be called while tracing a dataset function.")
+    saved = graph.seed
+    graph.seed = None
+    try:
+        return dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=False)
+    finally:
+        graph.seed = saved
+
+
 # ---------------------------------------------------------------------------- sources
 class Source:
     """A resolved image-text source: its format and this host's files.
@@ -285,6 +304,9 @@ class _ShardedSource(Source):
         raise NotImplementedError
 
     def epoch_records(self, epoch, seed=0, shuffle=True, shuffle_buffer=10_000, rows=None):
+        if tf.executing_eagerly():  # `shuffled` must run while tracing
+            build = lambda e: self.epoch_records(e, seed, shuffle, shuffle_buffer, rows)  # noqa: E731
+            return tf.data.Dataset.from_tensors(tf.cast(epoch, tf.int64)).flat_map(graph_fn(build))
         files = tf.constant(self.files)
         # Same shard order on every host (they share `seed`); different record order.
         paths = tf.data.Dataset.from_tensor_slices(
@@ -298,10 +320,7 @@ class _ShardedSource(Source):
             records = records.shard(self.num_hosts, self.host_index)
         if shuffle and shuffle_buffer > 1:
             host_seed = epoch_seed(seed + 7919 * self.host_index, epoch, 2)
-            records = records.shuffle(
-                shuffle_buffer, seed=host_seed[0] * 65537 + host_seed[1],
-                reshuffle_each_iteration=False,
-            )
+            records = shuffled(records, shuffle_buffer, host_seed[0] * 65537 + host_seed[1])
         return records
 
 
