@@ -15,9 +15,8 @@ import numpy as np
 
 from keras_siglip2.convert.common import (
     CheckpointError,
-    assign_weights,
     attention_arrays,
-    build_backbone,
+    backbone_from_checkpoint,
     dense_arrays,
     layer_norm_arrays,
 )
@@ -247,13 +246,9 @@ def from_big_vision(path_or_params, image_size=None, dtype=None):
         dtype: optional dtype policy of the returned backbone.
     """
     flat = load_big_vision_params(path_or_params)
-    try:
+
+    def read():
         arch = infer_architecture(flat, image_size=image_size)
-        arrays = big_vision_arrays(flat, naflex=arch["vision"]["type"] == "naflex")
-    except KeyError as e:
-        raise CheckpointError(
-            f"The big_vision checkpoint is incomplete: parameter {e} is missing."
-        ) from e
-    backbone = build_backbone(arch["vision"], arch["text"], dtype=dtype)
-    assign_weights(backbone, arrays, source="big_vision checkpoint")
-    return backbone
+        return arch, big_vision_arrays(flat, naflex=arch["vision"]["type"] == "naflex")
+
+    return backbone_from_checkpoint(read, "big_vision checkpoint", dtype)

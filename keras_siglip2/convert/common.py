@@ -35,6 +35,20 @@ def build_backbone(vision, text, dtype=None):
     return SigLIP2Backbone(vision_encoder, text_encoder, dtype=dtype)
 
 
+def backbone_from_checkpoint(read, source, dtype=None):
+    """A `SigLIP2Backbone` built and filled from one checkpoint: `read()` returns
+    (arch, arrays) (`arch`: {"vision": ..., "text": ...} sizes for `build_backbone`,
+    `arrays`: {variable.path: array}); a name it looks up and does not find (KeyError)
+    becomes a `CheckpointError` saying the `source` is incomplete."""
+    try:
+        arch, arrays = read()
+    except KeyError as e:
+        raise CheckpointError(f"The {source} is incomplete: {e} is missing.") from e
+    backbone = build_backbone(arch["vision"], arch["text"], dtype=dtype)
+    assign_weights(backbone, arrays, source=source)
+    return backbone
+
+
 def assign_weights(model, arrays, source="checkpoint"):
     """Assigns `arrays` ({variable.path: array}) to `model`'s variables.
 

@@ -12,9 +12,8 @@ import numpy as np
 
 from keras_siglip2.convert.common import (
     CheckpointError,
-    assign_weights,
     attention_arrays,
-    build_backbone,
+    backbone_from_checkpoint,
     dense_arrays,
     layer_norm_arrays,
 )
@@ -253,12 +252,6 @@ def from_transformers(path_or_model, dtype=None):
     config, state = _load(path_or_model)
     state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
     arch = infer_architecture(config, state)
-    try:
-        arrays = transformers_arrays(state, arch)
-    except KeyError as e:
-        raise CheckpointError(
-            f"The transformers checkpoint is incomplete: tensor {e} is missing."
-        ) from e
-    backbone = build_backbone(arch["vision"], arch["text"], dtype=dtype)
-    assign_weights(backbone, arrays, source="transformers checkpoint")
-    return backbone
+    return backbone_from_checkpoint(
+        lambda: (arch, transformers_arrays(state, arch)), "transformers checkpoint", dtype
+    )

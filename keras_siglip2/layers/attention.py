@@ -10,11 +10,12 @@ backend may pick its fused kernel (cuDNN / flash on GPU, splash on TPU).
 import keras
 from keras import ops
 
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import dense_kernel_init
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2Attention(keras.layers.Layer):
+class SigLIP2Attention(ConfigAttributes, keras.layers.Layer):
     """Multi-head attention with biases on q/k/v/out and scale 1/sqrt(head_dim).
 
     Args:
@@ -23,6 +24,8 @@ class SigLIP2Attention(keras.layers.Layer):
         cross_attention: bool. If True, `call(x, context)` attends from `x` to
             `context` (queries from `x`, keys/values from `context`).
     """
+
+    CONFIG_KEYS = ("hidden_dim", "num_heads", "cross_attention")
 
     def __init__(self, hidden_dim, num_heads, cross_attention=False, **kwargs):
         super().__init__(**kwargs)
@@ -93,14 +96,3 @@ class SigLIP2Attention(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape, context_shape=None):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "cross_attention": self.cross_attention,
-            }
-        )
-        return config

@@ -6,6 +6,7 @@ embedding (no sqrt(d) scaling)."""
 import keras
 from keras import ops
 
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import embedding_init
 
 
@@ -23,13 +24,15 @@ def patchify(images, patch_size):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2PatchEmbedding(keras.layers.Layer):
+class SigLIP2PatchEmbedding(ConfigAttributes, keras.layers.Layer):
     """Linear patch stem: (B, H, W, C) images (patchified here) or (B, N, p*p*C)
     flattened patches -> (B, N, d).
 
     The kernel is stored as (p*p*C, d); `conv_kernel` views it as the (p, p, C, d)
     convolution kernel of the fixed-resolution checkpoints.
     """
+
+    CONFIG_KEYS = ("hidden_dim", "patch_size", "num_channels")
 
     def __init__(self, hidden_dim, patch_size, num_channels=3, **kwargs):
         super().__init__(**kwargs)
@@ -64,24 +67,15 @@ class SigLIP2PatchEmbedding(keras.layers.Layer):
             return (input_shape[0], (input_shape[1] // p) * (input_shape[2] // p), self.hidden_dim)
         return tuple(input_shape[:-1]) + (self.hidden_dim,)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "patch_size": self.patch_size,
-                "num_channels": self.num_channels,
-            }
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2PositionEmbedding(keras.layers.Layer):
+class SigLIP2PositionEmbedding(ConfigAttributes, keras.layers.Layer):
     """Learned additive position embedding of shape (1, sequence_length, d).
 
     Inputs shorter than `sequence_length` use its first positions.
     """
+
+    CONFIG_KEYS = ("sequence_length", "hidden_dim")
 
     def __init__(self, sequence_length, hidden_dim, **kwargs):
         super().__init__(**kwargs)
@@ -102,13 +96,6 @@ class SigLIP2PositionEmbedding(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"sequence_length": self.sequence_length, "hidden_dim": self.hidden_dim}
-        )
-        return config
 
 
 def token_embedding(vocabulary_size, hidden_dim, dtype, name="token_embedding"):

@@ -7,6 +7,8 @@ import math
 import keras
 from keras import ops
 
+from keras_siglip2.layers.config import ConfigAttributes
+
 NORM_EPSILON = 1e-8
 
 
@@ -16,11 +18,13 @@ def l2_normalize(x, axis=-1):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2LogitHead(keras.layers.Layer):
+class SigLIP2LogitHead(ConfigAttributes, keras.layers.Layer):
     """Holds t and b; maps (B_img, D), (B_txt, D) embeddings to (B_img, B_txt) logits.
 
     Computed in float32 whatever the dtype policy: the logits feed a loss and a sigmoid.
     """
+
+    CONFIG_KEYS = ("temperature_init", "bias_init")
 
     def __init__(self, temperature_init=10.0, bias_init=-10.0, **kwargs):
         super().__init__(**kwargs)
@@ -58,10 +62,3 @@ class SigLIP2LogitHead(keras.layers.Layer):
             keras.KerasTensor((v, t), dtype="float32"),
             keras.KerasTensor((t, v), dtype="float32"),
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"temperature_init": self.temperature_init, "bias_init": self.bias_init}
-        )
-        return config

@@ -8,32 +8,21 @@ from keras import ops
 from keras_siglip2.layers.attention import SigLIP2Attention
 from keras_siglip2.layers.initializers import dense_kernel_init
 from keras_siglip2.layers.mlp import SigLIP2MLP
-from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON, layer_norm
+from keras_siglip2.layers.transformer import SigLIP2BlockBase, layer_norm
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2MAPHead(keras.layers.Layer):
+class SigLIP2MAPHead(SigLIP2BlockBase):
     """Pools (B, N, d) tokens to (B, d); `key_mask` (B, N) excludes padding tokens."""
 
-    def __init__(
-        self,
-        hidden_dim,
-        num_heads,
-        intermediate_dim,
-        layer_norm_epsilon=LAYER_NORM_EPSILON,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.layer_norm_epsilon = layer_norm_epsilon
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         policy = self.dtype_policy
         self.attention = SigLIP2Attention(
-            hidden_dim, num_heads, cross_attention=True, dtype=policy, name="attention"
+            self.hidden_dim, self.num_heads, cross_attention=True, dtype=policy, name="attention"
         )
-        self.norm = layer_norm("norm", policy, layer_norm_epsilon)
-        self.mlp = SigLIP2MLP(hidden_dim, intermediate_dim, dtype=policy, name="mlp")
+        self.norm = layer_norm("norm", policy, self.layer_norm_epsilon)
+        self.mlp = SigLIP2MLP(self.hidden_dim, self.intermediate_dim, dtype=policy, name="mlp")
 
     def build(self, input_shape):
         self.probe = self.add_weight(
@@ -57,15 +46,3 @@ class SigLIP2MAPHead(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.hidden_dim)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config

@@ -3,12 +3,15 @@ and LocCa decoder (paper sec. 2; big_vision `MlpBlock`)."""
 
 import keras
 
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import dense_kernel_init
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2MLP(keras.layers.Layer):
+class SigLIP2MLP(ConfigAttributes, keras.layers.Layer):
     """Two Dense layers with the tanh-approximated GELU between them."""
+
+    CONFIG_KEYS = ("hidden_dim", "intermediate_dim")
 
     def __init__(self, hidden_dim, intermediate_dim, **kwargs):
         super().__init__(**kwargs)
@@ -41,10 +44,3 @@ class SigLIP2MLP(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"hidden_dim": self.hidden_dim, "intermediate_dim": self.intermediate_dim}
-        )
-        return config

@@ -4,6 +4,7 @@
 import keras
 
 from keras_siglip2.layers.attention import SigLIP2Attention
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.mlp import SigLIP2MLP
 
 LAYER_NORM_EPSILON = 1e-6
@@ -14,9 +15,11 @@ def layer_norm(name, dtype, epsilon=LAYER_NORM_EPSILON):
     return keras.layers.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
 
 
-@keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2EncoderBlock(keras.layers.Layer):
-    """One pre-LN block: bidirectional self-attention, then the MLP."""
+class SigLIP2BlockBase(ConfigAttributes, keras.layers.Layer):
+    """What the pre-LN blocks share (encoder block, MAP head, LocCa decoder block):
+    `hidden_dim`, `num_heads`, `intermediate_dim` (MLP) and `layer_norm_epsilon`."""
+
+    CONFIG_KEYS = ("hidden_dim", "num_heads", "intermediate_dim", "layer_norm_epsilon")
 
     def __init__(
         self,
@@ -31,13 +34,21 @@ class SigLIP2EncoderBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = layer_norm_epsilon
-        policy = self.dtype_policy
-        self.norm1 = layer_norm("norm1", policy, layer_norm_epsilon)
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
+class SigLIP2EncoderBlock(SigLIP2BlockBase):
+    """One pre-LN block: bidirectional self-attention, then the MLP."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        policy, eps = self.dtype_policy, self.layer_norm_epsilon
+        self.norm1 = layer_norm("norm1", policy, eps)
         self.attention = SigLIP2Attention(
-            hidden_dim, num_heads, dtype=policy, name="attention"
+            self.hidden_dim, self.num_heads, dtype=policy, name="attention"
         )
-        self.norm2 = layer_norm("norm2", policy, layer_norm_epsilon)
-        self.mlp = SigLIP2MLP(hidden_dim, intermediate_dim, dtype=policy, name="mlp")
+        self.norm2 = layer_norm("norm2", policy, eps)
+        self.mlp = SigLIP2MLP(self.hidden_dim, self.intermediate_dim, dtype=policy, name="mlp")
 
     def build(self, input_shape):
         for sublayer in (self.norm1, self.attention, self.norm2, self.mlp):
@@ -50,15 +61,3 @@ class SigLIP2EncoderBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config

@@ -32,39 +32,28 @@ from keras_siglip2.layers import (
     layer_norm,
     token_embedding,
 )
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import dense_kernel_init, embedding_init
-from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
+from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON, SigLIP2BlockBase
 from keras_siglip2.models.input_checks import check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2LocCaDecoderBlock(keras.layers.Layer):
+class SigLIP2LocCaDecoderBlock(SigLIP2BlockBase):
     """Pre-LN decoder block: self-attention, cross-attention to the image, MLP."""
 
-    def __init__(
-        self,
-        hidden_dim,
-        num_heads,
-        intermediate_dim,
-        layer_norm_epsilon=LAYER_NORM_EPSILON,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.layer_norm_epsilon = layer_norm_epsilon
-        policy = self.dtype_policy
-        self.self_attention_norm = layer_norm("self_attention_norm", policy, layer_norm_epsilon)
-        self.self_attention = SigLIP2Attention(
-            hidden_dim, num_heads, dtype=policy, name="self_attention"
-        )
-        self.cross_attention_norm = layer_norm("cross_attention_norm", policy, layer_norm_epsilon)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        policy, eps = self.dtype_policy, self.layer_norm_epsilon
+        width, heads = self.hidden_dim, self.num_heads
+        self.self_attention_norm = layer_norm("self_attention_norm", policy, eps)
+        self.self_attention = SigLIP2Attention(width, heads, dtype=policy, name="self_attention")
+        self.cross_attention_norm = layer_norm("cross_attention_norm", policy, eps)
         self.cross_attention = SigLIP2Attention(
-            hidden_dim, num_heads, cross_attention=True, dtype=policy, name="cross_attention"
+            width, heads, cross_attention=True, dtype=policy, name="cross_attention"
         )
-        self.mlp_norm = layer_norm("mlp_norm", policy, layer_norm_epsilon)
-        self.mlp = SigLIP2MLP(hidden_dim, intermediate_dim, dtype=policy, name="mlp")
+        self.mlp_norm = layer_norm("mlp_norm", policy, eps)
+        self.mlp = SigLIP2MLP(width, self.intermediate_dim, dtype=policy, name="mlp")
 
     def build(self, input_shape, image_shape=None):
         image_shape = image_shape or input_shape
@@ -88,21 +77,9 @@ class SigLIP2LocCaDecoderBlock(keras.layers.Layer):
     def compute_output_shape(self, input_shape, image_shape=None):
         return input_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2LocCaDecoder(keras.layers.Layer):
+class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
     """LocCa transformer decoder cross-attending to image tokens.
 
     Args:
@@ -118,6 +95,17 @@ class SigLIP2LocCaDecoder(keras.layers.Layer):
     Built at construction. `call(decoder_token_ids, image_tokens, parallel=None,
     image_key_mask=None, prefix_mask=None)` -> (B, L, vocabulary_size) logits.
     """
+
+    CONFIG_KEYS = (
+        "vocabulary_size",
+        "hidden_dim",
+        "num_layers",
+        "num_heads",
+        "intermediate_dim",
+        "max_sequence_length",
+        "image_dim",
+        "layer_norm_epsilon",
+    )
 
     def __init__(
         self,
@@ -298,22 +286,6 @@ class SigLIP2LocCaDecoder(keras.layers.Layer):
 
     def compute_output_shape(self, decoder_token_ids_shape, *args, **kwargs):
         return tuple(decoder_token_ids_shape) + (self.vocabulary_size,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "vocabulary_size": self.vocabulary_size,
-                "hidden_dim": self.hidden_dim,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "max_sequence_length": self.max_sequence_length,
-                "image_dim": self.image_dim,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config
 
 
 def locca_decoder_for(

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_siglip2.layers import SigLIP2MAPHead, SigLIP2PatchEmbedding
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.position_grid import SigLIP2PositionGrid
 from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
 from keras_siglip2.models.input_checks import (
@@ -130,7 +130,7 @@ def check_patch_layout(positions, mask):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2NaFlexVisionEncoder(SigLIP2Tower):
+class SigLIP2NaFlexVisionEncoder(ConfigAttributes, SigLIP2Tower):
     """NaFlex SigLIP 2 ViT: variable aspect ratio and sequence length, MAP pooling.
 
     Args:
@@ -158,6 +158,17 @@ class SigLIP2NaFlexVisionEncoder(SigLIP2Tower):
     ```
     """
 
+    CONFIG_KEYS = (
+        "patch_size",
+        "hidden_dim",
+        "num_layers",
+        "num_heads",
+        "intermediate_dim",
+        "position_grid_size",
+        "max_num_patches",
+        "layer_norm_epsilon",
+    )
+
     def __init__(
         self,
         patch_size,
@@ -178,22 +189,13 @@ class SigLIP2NaFlexVisionEncoder(SigLIP2Tower):
             raise ValueError(
                 f"`position_grid_size` must be >= 1; got {position_grid_size}."
             )
-        self.patch_embedding = SigLIP2PatchEmbedding(
-            hidden_dim, patch_size, dtype=dtype, name="patch_embedding"
-        )
+        self._build_patch_embedding(patch_size, hidden_dim, dtype)
         self.position_grid = SigLIP2PositionGrid(
             position_grid_size, hidden_dim, dtype=dtype, name="position_grid"
         )
         self._build_encoder(
-            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype
-        )
-        self.head = SigLIP2MAPHead(
-            hidden_dim,
-            num_heads,
-            intermediate_dim,
-            layer_norm_epsilon=layer_norm_epsilon,
-            dtype=dtype,
-            name="map_head",
+            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype,
+            map_head=True,
         )
 
         patch_dim = patch_size * patch_size * 3
@@ -272,19 +274,3 @@ class SigLIP2NaFlexVisionEncoder(SigLIP2Tower):
             ops.convert_to_tensor(inputs["patch_positions"]),
             ops.convert_to_tensor(inputs["patch_mask"]),
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "patch_size": self.patch_size,
-                "hidden_dim": self.hidden_dim,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "position_grid_size": self.position_grid_size,
-                "max_num_patches": self.max_num_patches,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config

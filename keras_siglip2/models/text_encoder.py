@@ -6,13 +6,14 @@ import keras
 from keras import initializers
 
 from keras_siglip2.layers import SigLIP2PositionEmbedding, token_embedding
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
 from keras_siglip2.models.input_checks import check_token_ids
 from keras_siglip2.models.tower import SigLIP2Tower
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2TextEncoder(SigLIP2Tower):
+class SigLIP2TextEncoder(ConfigAttributes, SigLIP2Tower):
     """Text transformer pooled at the last position, then projected.
 
     The pooled position is `x[:, -1]`, usually a `<pad>` token for short texts: that
@@ -28,6 +29,17 @@ class SigLIP2TextEncoder(SigLIP2Tower):
     Input `{"token_ids": (B, L) int32}`, L <= max_sequence_length; output
     (B, projection_dim).
     """
+
+    CONFIG_KEYS = (
+        "vocabulary_size",
+        "hidden_dim",
+        "num_layers",
+        "num_heads",
+        "intermediate_dim",
+        "projection_dim",
+        "max_sequence_length",
+        "layer_norm_epsilon",
+    )
 
     def __init__(
         self,
@@ -89,19 +101,3 @@ class SigLIP2TextEncoder(SigLIP2Tower):
     def get_tokens(self, inputs):
         """Token features after the final LayerNorm: (B, L, hidden_dim)."""
         return self._tokens(self.check_inputs(inputs)["token_ids"])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "vocabulary_size": self.vocabulary_size,
-                "hidden_dim": self.hidden_dim,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "projection_dim": self.projection_dim,
-                "max_sequence_length": self.max_sequence_length,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config

@@ -3,14 +3,29 @@ encoder blocks followed by the final `encoder_norm` LayerNorm."""
 
 from keras_hub.models import Backbone
 
-from keras_siglip2.layers import SigLIP2EncoderBlock, layer_norm
+from keras_siglip2.layers import (
+    SigLIP2EncoderBlock,
+    SigLIP2MAPHead,
+    SigLIP2PatchEmbedding,
+    layer_norm,
+)
 
 
 class SigLIP2Tower(Backbone):
-    """Base of the towers. Subclasses call `_build_encoder` before `super().__init__`
-    and run their embedded tokens through `_run_encoder`."""
+    """Base of the towers. Subclasses call `_build_encoder` (image towers first
+    `_build_patch_embedding` and their position layer, then `_build_encoder` with
+    `map_head=True`) before `super().__init__` and run their embedded tokens through
+    `_run_encoder`."""
 
-    def _build_encoder(self, hidden_dim, num_layers, num_heads, intermediate_dim, eps, dtype):
+    def _build_patch_embedding(self, patch_size, hidden_dim, dtype):
+        self.patch_embedding = SigLIP2PatchEmbedding(
+            hidden_dim, patch_size, dtype=dtype, name="patch_embedding"
+        )
+
+
+    def _build_encoder(
+        self, hidden_dim, num_layers, num_heads, intermediate_dim, eps, dtype, map_head=False
+    ):
         self.encoder_blocks = [
             SigLIP2EncoderBlock(
                 hidden_dim,
@@ -23,6 +38,11 @@ class SigLIP2Tower(Backbone):
             for i in range(num_layers)
         ]
         self.encoder_norm = layer_norm("encoder_norm", dtype, eps)
+        if map_head:  # the image towers' pooling
+            self.head = SigLIP2MAPHead(
+                hidden_dim, num_heads, intermediate_dim, layer_norm_epsilon=eps, dtype=dtype,
+                name="map_head",
+            )
 
     def _run_encoder(self, x, key_mask=None):
         for block in self.encoder_blocks:

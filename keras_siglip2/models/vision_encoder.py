@@ -4,11 +4,8 @@ head. The pooled MAP output is the image embedding (no projection)."""
 
 import keras
 
-from keras_siglip2.layers import (
-    SigLIP2MAPHead,
-    SigLIP2PatchEmbedding,
-    SigLIP2PositionEmbedding,
-)
+from keras_siglip2.layers import SigLIP2PositionEmbedding
+from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
 from keras_siglip2.models.input_checks import check_float_images
 from keras_siglip2.models.tower import SigLIP2Tower
@@ -35,7 +32,7 @@ def replace_masked_tokens(tokens, token_mask, mask_token):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2VisionEncoder(SigLIP2Tower):
+class SigLIP2VisionEncoder(ConfigAttributes, SigLIP2Tower):
     """Fixed-resolution SigLIP 2 ViT with MAP pooling.
 
     Args:
@@ -49,6 +46,16 @@ class SigLIP2VisionEncoder(SigLIP2Tower):
 
     Input `{"images": (B, H, W, 3)}` float in [-1, 1]; output (B, hidden_dim).
     """
+
+    CONFIG_KEYS = (
+        "patch_size",
+        "hidden_dim",
+        "num_layers",
+        "num_heads",
+        "intermediate_dim",
+        "image_size",
+        "layer_norm_epsilon",
+    )
 
     def __init__(
         self,
@@ -69,9 +76,7 @@ class SigLIP2VisionEncoder(SigLIP2Tower):
                 f"`image_size`={image_size} is smaller than `patch_size`={patch_size}."
             )
         self.grid_size = (height // patch_size, width // patch_size)
-        self.patch_embedding = SigLIP2PatchEmbedding(
-            hidden_dim, patch_size, dtype=dtype, name="patch_embedding"
-        )
+        self._build_patch_embedding(patch_size, hidden_dim, dtype)
         self.position_embedding = SigLIP2PositionEmbedding(
             self.grid_size[0] * self.grid_size[1],
             hidden_dim,
@@ -79,15 +84,8 @@ class SigLIP2VisionEncoder(SigLIP2Tower):
             name="position_embedding",
         )
         self._build_encoder(
-            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype
-        )
-        self.head = SigLIP2MAPHead(
-            hidden_dim,
-            num_heads,
-            intermediate_dim,
-            layer_norm_epsilon=layer_norm_epsilon,
-            dtype=dtype,
-            name="map_head",
+            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype,
+            map_head=True,
         )
 
         images = keras.Input(shape=(height, width, 3), name="images")
@@ -140,18 +138,3 @@ class SigLIP2VisionEncoder(SigLIP2Tower):
         tokens (B, N, hidden_dim) it was pooled from (for LocCa / TIPS training)."""
         tokens = self.get_tokens(inputs, token_mask, mask_token)
         return self.head(tokens), tokens
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "patch_size": self.patch_size,
-                "hidden_dim": self.hidden_dim,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "image_size": list(self.image_size),
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config

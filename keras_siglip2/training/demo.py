@@ -14,8 +14,9 @@ downscales them in its train step (see `training/callbacks.py`).
 It then evaluates on held-out images (another seed): zero-shot classification into the
 24 (colour, shape) classes with prompts in English, French, German and Spanish, and
 image <-> text retrieval recall@1; saves the trained model as a preset directory (with
-its tokenizer); plots every loss term over training with the stage boundaries; and
-writes `summary.json`.
+its tokenizer, `DIR/preset`) and exports it as a SavedModel for serving
+(`DIR/saved_model`, the summary's `export_path`; see `keras_siglip2/export.py`); plots
+every loss term over training with the stage boundaries; and writes `summary.json`.
 
 Run it with `siglip2 demo --out DIR [--steps N]` or `make demo`.
 """
@@ -23,6 +24,7 @@ Run it with `siglip2 demo --out DIR [--steps N]` or `make demo`.
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -186,6 +188,7 @@ def run_demo(out_dir, steps=None, seed=0, verbose=True, **overrides):
     """Trains, evaluates, saves and plots; returns the summary dict (also written to
     `out_dir/summary.json`). `overrides`: any key of `DEMO_DEFAULTS`."""
     from keras_siglip2.convert.common import save_preset
+    from keras_siglip2.export import export
     from keras_siglip2.models.locca_decoder import locca_decoder_for
     from keras_siglip2.preprocessing import SigLIP2ImageConverter, SigLIP2Tokenizer
     from keras_siglip2.training.callbacks import (
@@ -260,12 +263,18 @@ def run_demo(out_dir, steps=None, seed=0, verbose=True, **overrides):
     t2 = time.time()
     metrics = evaluate(backbone, tokenizer, heldout)
     timings["eval_s"] = time.time() - t2
-    export_path = os.path.join(out_dir, "preset")
+    preset_path = os.path.join(out_dir, "preset")
     save_preset(
-        backbone, export_path, tokenizer=tokenizer,
+        backbone, preset_path, tokenizer=tokenizer,
         image_converter=SigLIP2ImageConverter(image_size=tuple(backbone.vision_encoder.image_size)),
         overwrite=True,
     )
+    t3 = time.time()
+    export_path = os.path.join(out_dir, "saved_model")
+    if os.path.isdir(export_path):  # a previous demo's export in this folder
+        shutil.rmtree(export_path)
+    export(preset_path, export_path, format="saved_model")
+    timings["export_s"] = time.time() - t3
     stages = [
         {"name": "sigmoid+locca", "start_step": 0, "end_step": sd_step,
          "image_size": cfg["image_size"], "losses": ["sigmoid", "locca"]},
@@ -290,6 +299,7 @@ def run_demo(out_dir, steps=None, seed=0, verbose=True, **overrides):
         "loss_trends": trends,
         "loss_history": records,
         "export_path": export_path,
+        "preset_path": preset_path,
         "plot_path": plot_path,
         "steps": total,
         "config": cfg,
@@ -307,6 +317,6 @@ def run_demo(out_dir, steps=None, seed=0, verbose=True, **overrides):
             f"{metrics['recall_at_1']['image_to_text']:.1%}, text->image "
             f"{metrics['recall_at_1']['text_to_image']:.1%} (chance "
             f"{metrics['recall_chance']:.1%}). Wrote {out_dir}/summary.json, "
-            f"{plot_path}, preset {export_path}."
+            f"{plot_path}, preset {preset_path}, SavedModel {export_path}."
         )
     return summary

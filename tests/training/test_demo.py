@@ -39,9 +39,10 @@ def check_outputs(out_dir, summary):
     with open(written["plot_path"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(written["plot_path"]) > 10_000
-    export = written["export_path"]
+    preset = written["preset_path"]
     for name in ("config.json", "model.weights.h5", "tokenizer.json", "preprocessor.json"):
-        assert os.path.exists(os.path.join(export, name)), name
+        assert os.path.exists(os.path.join(preset, name)), name
+    assert os.path.exists(os.path.join(written["export_path"], "saved_model.pb"))
     return written
 
 
@@ -58,8 +59,18 @@ def test_demo_smoke_run(tmp_path, compilation):
     # The exported preset is the model after the resolution switch.
     from keras_siglip2.models import SigLIP2Backbone
 
-    backbone = SigLIP2Backbone.from_preset(written["export_path"])
+    backbone = SigLIP2Backbone.from_preset(written["preset_path"])
     assert backbone.vision_encoder.image_size == (24, 24)
+    # The SavedModel serves that model: same embeddings (float32, 1e-4 as in test_export).
+    import numpy as np
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 24, 24, 3)).astype("float32")
+    served = tf.saved_model.load(written["export_path"]).signatures["embed_images"]
+    served = served(images=tf.constant(images))["embeddings"].numpy()
+    ours = np.asarray(backbone.get_vision_embeddings(images))
+    ours = ours / (np.linalg.norm(ours, axis=-1, keepdims=True) + 1e-8)
+    np.testing.assert_allclose(served, ours, atol=1e-4)
     # Every term was logged in its stage, with its weight.
     last = written["loss_history"][-1]
     assert last["silc_weight"] == 1.0 and last["tips_weight"] == 0.25
