@@ -3,9 +3,12 @@ patch stem, learned 1-D position embedding, pre-LN transformer, final LayerNorm 
 head. The pooled MAP output is the image embedding (no projection)."""
 
 import keras
+import numpy as np
+from keras import ops
 
 from keras_siglip2.layers import SigLIP2PositionEmbedding
 from keras_siglip2.layers.config import ConfigAttributes
+from keras_siglip2.layers.position_grid import antialiased_bilinear_matrices
 from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
 from keras_siglip2.models.input_checks import check_float_images
 from keras_siglip2.models.tower import SigLIP2Tower
@@ -111,30 +114,63 @@ class SigLIP2VisionEncoder(ConfigAttributes, SigLIP2Tower):
         x = self.patch_embedding(images)
         if token_mask is not None:
             x = replace_masked_tokens(x, token_mask, mask_token)
-        return self._run_encoder(self.position_embedding(x))
+        p = self.patch_embedding.patch_size
+        grid = (images.shape[1] // p, images.shape[2] // p)
+        if grid == tuple(self.grid_size):
+            x = self.position_embedding(x)
+        else:
+            x = x + ops.cast(self.resized_position_embedding(grid), x.dtype)
+        return self._run_encoder(x)
 
-    def check_inputs(self, inputs):
-        """{"images": ...} (or the images) validated; raises ValueError if bad."""
+    def resized_position_embedding(self, grid):
+        """The learned position embedding resized to another (rows, cols) patch grid
+        with the antialiased bilinear resize of the resolution switch
+        (`training/resize.py`): (1, rows * cols, hidden_dim), differentiable in the
+        embedding. Used for images at another resolution (`any_resolution=True`)."""
+        rows, cols = (int(g) for g in grid)
+        g_h, g_w = self.grid_size
+        table = ops.reshape(self.position_embedding.embeddings, (g_h, g_w, self.hidden_dim))
+        a_h = antialiased_bilinear_matrices(np.array([rows], "int32"), g_h, rows)[0]
+        a_w = antialiased_bilinear_matrices(np.array([cols], "int32"), g_w, cols)[0]
+        resized = ops.einsum("ai,ijd,bj->abd", a_h, ops.cast(table, "float32"), a_w)
+        return ops.reshape(resized, (1, rows * cols, self.hidden_dim))
+
+    def check_inputs(self, inputs, any_resolution=False):
+        """{"images": ...} (or the images) validated; raises ValueError if bad.
+        `any_resolution`: any size of at least one patch instead of `image_size`."""
         images = inputs["images"] if isinstance(inputs, dict) else inputs
-        check_float_images("images", images, self.image_shape)
+        expected = self.image_shape
+        shape = tuple(getattr(images, "shape", ()))
+        if any_resolution and len(shape) == 4 and None not in shape[1:3]:
+            if min(shape[1:3]) < self.patch_size:
+                raise ValueError(
+                    f"`images` must be at least one patch ({self.patch_size} px) per side; "
+                    f"got shape {shape}."
+                )
+            expected = (shape[1], shape[2], expected[2])
+        check_float_images("images", images, expected)
         return {"images": images}
 
     def __call__(self, inputs, *args, **kwargs):
         return super().__call__(self.check_inputs(inputs), *args, **kwargs)
 
-    def get_tokens(self, inputs, token_mask=None, mask_token=None):
+    def get_tokens(self, inputs, token_mask=None, mask_token=None, any_resolution=False):
         """Patch tokens after the final LayerNorm, before pooling: (B, N, hidden_dim).
 
         `token_mask` (B, N), 1 = masked, with `mask_token` (hidden_dim,) or
         (1, 1, hidden_dim): the patch-stem outputs at masked positions are replaced by
         the mask token before the position embedding is added (TIPS masked
         prediction, paper sec. 2.3). Without them the result is unchanged.
+        `any_resolution=True` accepts images of another size (e.g. SILC's small local
+        crops): the position embedding is resized to their patch grid
+        (`resized_position_embedding`), as DINO-style students do.
         """
-        images = self.check_inputs(inputs)["images"]
+        images = self.check_inputs(inputs, any_resolution)["images"]
         return self._tokens(images, token_mask, mask_token)
 
-    def get_pooled_and_tokens(self, inputs, token_mask=None, mask_token=None):
+    def get_pooled_and_tokens(self, inputs, token_mask=None, mask_token=None,
+                              any_resolution=False):
         """One pass giving the pooled embedding (B, hidden_dim) and the un-pooled
         tokens (B, N, hidden_dim) it was pooled from (for LocCa / TIPS training)."""
-        tokens = self.get_tokens(inputs, token_mask, mask_token)
+        tokens = self.get_tokens(inputs, token_mask, mask_token, any_resolution)
         return self.head(tokens), tokens
