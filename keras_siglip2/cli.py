@@ -1,5 +1,6 @@
-"""The `siglip2` command line: list presets and convert checkpoints into presets
-(more subcommands arrive with the tasks, training and export parts).
+"""The `siglip2` command line: `presets`, `embed`, `classify`, `retrieve`, `convert`,
+`export`, `demo` and `train` (the library's tasks, converters, export and training
+recipe, each with one section below).
 
 Every subcommand has `--help`; an error prints one line `siglip2: error: ...` and exits
 with a non-zero status.
@@ -184,6 +185,22 @@ def load_task_model(preset):
     return backbone, preprocessor
 
 
+def build_retriever(preset, batch_size, index=None, paths=(), texts=()):
+    """The preset's `SigLIP2Retriever` with a saved `index` loaded (if given), then the
+    image files `paths` and the `texts` embedded and added (`embed` and `retrieve`)."""
+    from keras_siglip2.tasks.retrieval import SigLIP2Retriever
+
+    backbone, preprocessor = load_task_model(preset)
+    retriever = SigLIP2Retriever(backbone, preprocessor, batch_size=batch_size)
+    if index:
+        retriever.load(index)
+    if paths:
+        retriever.add_images(paths)
+    if texts:
+        retriever.add_texts(texts)
+    return retriever
+
+
 def parse_labels(text):
     """`--labels a,b,c` -> ["a", "b", "c"]; empty, blank or duplicate labels are errors."""
     from keras_siglip2.tasks.zero_shot import check_class_names
@@ -295,7 +312,6 @@ def cmd_embed(args):
     import numpy as np
 
     from keras_siglip2.tasks.images import expand_image_paths
-    from keras_siglip2.tasks.retrieval import SigLIP2Retriever
 
     texts = _read_texts(args)
     if not args.images and not texts:
@@ -309,12 +325,7 @@ def cmd_embed(args):
         )
     paths = expand_image_paths(args.images) if args.images else []
     with _TaskOutput():
-        backbone, preprocessor = load_task_model(args.preset)
-        retriever = SigLIP2Retriever(backbone, preprocessor, batch_size=args.batch_size)
-        if paths:
-            retriever.add_images(paths)
-        if texts:
-            retriever.add_texts(texts)
+        retriever = build_retriever(args.preset, args.batch_size, paths=paths, texts=texts)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     if out.endswith(".npz"):
@@ -345,7 +356,6 @@ def cmd_retrieve(args):
 
     from keras_siglip2.tasks.embedding import sigmoid
     from keras_siglip2.tasks.images import expand_image_paths
-    from keras_siglip2.tasks.retrieval import SigLIP2Retriever
 
     texts = _read_texts(args)
     queries = list(args.query or [])
@@ -364,14 +374,8 @@ def cmd_retrieve(args):
     paths = expand_image_paths(args.images) if args.images else []
     query_paths = expand_image_paths(image_queries) if image_queries else []
     with _TaskOutput():
-        backbone, preprocessor = load_task_model(args.preset)
-        retriever = SigLIP2Retriever(backbone, preprocessor, batch_size=args.batch_size)
-        if args.index:
-            retriever.load(args.index)
-        if paths:
-            retriever.add_images(paths)
-        if texts:
-            retriever.add_texts(texts)
+        retriever = build_retriever(args.preset, args.batch_size, index=args.index,
+                                    paths=paths, texts=texts)
         scale, bias = retriever.embedder.logit_scale, retriever.embedder.logit_bias
         answers = []
         for query in queries:
@@ -454,6 +458,14 @@ def _add_model_arguments(p):
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
+def _add_corpus_arguments(p, verb):
+    """--images / --texts / --texts-file of `embed` and `retrieve`."""
+    p.add_argument("--images", nargs="+", metavar="PATH", help=f"image files or folders to {verb}")
+    p.add_argument("--texts", nargs="+", metavar="TEXT", help=f"texts to {verb}")
+    p.add_argument("--texts-file", metavar="FILE",
+                   help=f"a UTF-8 file of texts to {verb}, one per line")
+
+
 def add_tasks_parsers(sub):
     p = sub.add_parser(
         "embed",
@@ -462,9 +474,7 @@ def add_tasks_parsers(sub):
         ".npy: one (N, D) array of L2-normalized embeddings; .npz: a retrieval index "
         "(embeddings + ids) that `siglip2 retrieve --index` and SigLIP2Retriever.load read.",
     )
-    p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts to embed")
-    p.add_argument("--texts-file", metavar="FILE", help="a UTF-8 file with one text per line")
+    _add_corpus_arguments(p, "embed")
     p.add_argument("--out", required=True, help="output .npy or .npz file")
     _add_model_arguments(p)
     p.set_defaults(func=cmd_embed)
@@ -495,9 +505,7 @@ def add_tasks_parsers(sub):
         "indexed). Scores are cosine similarities; the JSON adds the model's match "
         "probability sigmoid(exp(t) cos + b).",
     )
-    p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders to index")
-    p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts to index")
-    p.add_argument("--texts-file", metavar="FILE", help="texts to index, one per line")
+    _add_corpus_arguments(p, "index")
     p.add_argument("--index", metavar="FILE.npz", help="a saved index (siglip2 embed --out X.npz)")
     p.add_argument("--query", nargs="+", metavar="TEXT", help="text queries")
     p.add_argument("--query-image", nargs="+", metavar="PATH", help="image queries")
@@ -552,7 +560,7 @@ def cmd_demo(args):
     summary = run_demo(args.out, steps=args.steps, seed=args.seed, verbose=not args.json)
     if args.json:
         keys = ("zero_shot_accuracy", "chance_accuracy", "recall_at_1", "recall_chance",
-                "final_losses", "export_path", "plot_path")
+                "final_losses", "export_path", "preset_path", "plot_path")
         print(json.dumps({k: summary[k] for k in keys}))
     return 0
 
@@ -631,10 +639,12 @@ def add_train_parser(sub):
                    "multi-host runtime on a pod)")
     p.add_argument("--decoder", action=BooleanOptionalAction, default=True,
                    help="LocCa decoder loss (default on)")
-    p.add_argument("--self-distillation", action=BooleanOptionalAction, default=True,
-                   help="SILC self-distillation from 80%% of the steps (default on)")
-    p.add_argument("--masked-prediction", action=BooleanOptionalAction, default=True,
-                   help="TIPS masked prediction from 80%% of the steps (default on)")
+    p.add_argument("--self-distillation", action=BooleanOptionalAction, default=None,
+                   help="SILC self-distillation from 80%% of the steps (default on; off "
+                   "for NaFlex presets, as in the paper)")
+    p.add_argument("--masked-prediction", action=BooleanOptionalAction, default=None,
+                   help="TIPS masked prediction from 80%% of the steps (default on; off "
+                   "for NaFlex presets, as in the paper)")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="peak learning rate (default 1e-3, the paper's pretraining value; "
                    "use ~1e-5 to fine-tune a released model)")

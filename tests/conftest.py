@@ -95,3 +95,29 @@ def tiny_inputs(batch=3, image_size=32, seq=16, seed=0):
         "images": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"),
         "token_ids": rng.randint(0, 1000, (batch + 1, seq)).astype("int32"),
     }
+
+
+# The tiny configuration of the demo's smoke run (tests/training/test_demo.py) and of
+# the task checks on the model it trains (tests/tasks/test_demo_model.py).
+TINY_DEMO = dict(width=16, num_layers=1, num_heads=2, image_size=16, target_image_size=24,
+                 patch_size=8, num_examples=64, num_heldout=48, batch_size=8,
+                 steps_per_epoch=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_run(tmp_path_factory):
+    """(out_dir, summary) of one 8-step `run_demo` with `TINY_DEMO`, shared by the tests
+    that read it: mark them `pytest.mark.xdist_group("tiny_demo")` so that one worker
+    runs them all (make test uses `--dist loadgroup`) and the demo trains once. To save
+    a compilation SILC / TIPS and the resolution switch start together at step 7."""
+    from keras_siglip2.training.demo import run_demo
+    from tests.training.pretrainer_helpers import fast_compilation
+
+    out = tmp_path_factory.mktemp("tiny_demo") / "demo"
+    restore = fast_compilation(tmp_path_factory.getbasetemp() / "jax_cache")
+    try:
+        summary = run_demo(out, steps=8, verbose=False, self_distillation_start=0.9,
+                           resolution_start=0.9, **TINY_DEMO)
+    finally:
+        restore()
+    return out, summary

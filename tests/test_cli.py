@@ -2,13 +2,16 @@
 local preset built here with a SentencePiece model trained here: every subcommand's
 `--help`, `presets`, `embed`, `classify`, `retrieve` (numbers checked against the
 embeddings computed in this process), `convert` from big_vision, transformers and
-keras-hub, and the bad-input errors (one line, non-zero exit).
+keras-hub, `export`, `train` on a tiny CSV, `demo`, and the bad-input errors (one line,
+non-zero exit).
 
 Each subprocess pays ~10 s of imports, so the default run keeps one call per feature
-(presets, embed, classify, retrieve, convert from big_vision, a failed convert) and
-checks `--help` and the bad-input errors through `cli.main` in this process; the same
-through subprocesses, `.npy` output and the transformers / keras-hub conversions (which
-import torch / build a keras-hub model) are marked large."""
+(presets, embed, classify, retrieve, convert from big_vision, a failed convert, train
+with the sigmoid loss alone) and checks `--help` and the bad-input errors through
+`cli.main` in this process; the same through subprocesses, `.npy` output, the
+transformers / keras-hub conversions (which import torch / build a keras-hub model),
+`export`, `train` with the whole recipe and `demo` (minutes of compilation and a
+TensorFlow export) are marked large."""
 
 import json
 import os
@@ -79,7 +82,13 @@ def ws(tmp_path_factory):
     (root / "empty" / "readme.txt").write_text("no images")
     (root / "not_a_preset").mkdir()
     (root / "not_a_preset" / "weights.bin").write_bytes(b"0")
-    return {"root": root, "preset": preset, "images": images, "spm": root / "tokenizer.model"}
+    # Training data as a user writes it: image paths relative to the CSV.
+    captions = ["a photo of a cat", "a red square", "a blue circle", "une photo de chien"]
+    rows = [f"images/{Path(images[i % len(images)]).name},{captions[i % len(captions)]}"
+            for i in range(8)]
+    (root / "captions.csv").write_text("image_path,caption\n" + "\n".join(rows) + "\n")
+    return {"root": root, "preset": preset, "images": images, "spm": root / "tokenizer.model",
+            "csv": root / "captions.csv"}
 
 
 @pytest.fixture(scope="module")
@@ -363,10 +372,95 @@ def test_export_saved_model(ws):
     assert (Path(summary["out_path"]) / "saved_model.pb").is_file()
 
 
+# --------------------------------------------------------------------------- train
+
+
+def trained_weights_changed(source_preset, trained_preset):
+    """Names of the weights that training changed (all finite)."""
+    from keras_siglip2.models import SigLIP2Backbone
+
+    def weights(preset):
+        return {v.path: np.asarray(v) for v in SigLIP2Backbone.from_preset(str(preset)).weights}
+
+    before, after = weights(source_preset), weights(trained_preset)
+    assert sorted(before) == sorted(after)
+    assert all(np.all(np.isfinite(v)) for v in after.values())
+    return [k for k in before if not np.array_equal(before[k], after[k])]
+
+
+def test_train_json(ws):
+    """Fine-tuning with the sigmoid loss alone (one compiled train step): the JSON
+    summary on stdout, and the trained preset that every `--preset` takes."""
+    from keras_siglip2.preprocessing import SigLIP2Preprocessor
+
+    out = ws["root"] / "train_sigmoid"
+    proc = ok(run_cli(
+        "train", "--preset", ws["preset"], "--data", ws["csv"], "--steps", "2",
+        "--batch-size", "4", "--out", out, "--no-decoder", "--no-self-distillation",
+        "--no-masked-prediction", "--learning-rate", "1e-3", "--json",
+    ))
+    summary = json.loads(proc.stdout)  # stdout holds the JSON alone
+    assert summary["steps"] == 2 and summary["start_step"] == 0
+    assert summary["losses"] == ["sigmoid"]
+    loss = summary["final_losses"]["sigmoid"]
+    assert np.isfinite(loss) and loss > 0
+    assert summary["out_dir"] == str(out) and summary["preset_path"] == str(out / "preset")
+    on_disk = json.loads(Path(summary["summary_path"]).read_text())
+    assert on_disk["steps"] == 2 and on_disk["preset_path"] == summary["preset_path"]
+    changed = trained_weights_changed(ws["preset"], summary["preset_path"])
+    assert any("vision_encoder" in k for k in changed), changed
+    assert any("text_encoder" in k for k in changed), changed
+    SigLIP2Preprocessor.from_preset(summary["preset_path"])  # complete: tokenizer + converter
+
+
+@pytest.mark.large
+def test_train_whole_recipe(ws):
+    """`siglip2 train` as typed first, with every loss of the recipe (sigmoid + LocCa,
+    SILC / TIPS from 80 % of the steps) and the progress output."""
+    out = ws["root"] / "train_recipe"
+    proc = ok(run_cli("train", "--preset", ws["preset"], "--data", ws["csv"], "--steps", "5",
+                      "--batch-size", "4", "--out", out))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["losses"] == ["sigmoid", "locca", "silc", "tips"]
+    for term in summary["losses"]:
+        assert np.isfinite(summary["final_losses"][term]), term
+    assert str(out / "preset") in proc.stdout
+    assert trained_weights_changed(ws["preset"], out / "preset")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@pytest.mark.large
+def test_demo(ws):
+    """`siglip2 demo --out DIR --steps N` (the default tiny model, the shortest run):
+    summary.json with the documented keys, a readable loss plot, the preset and the
+    export it names."""
+    from keras_siglip2.models import SigLIP2Backbone
+
+    out = ws["root"] / "demo"
+    proc = ok(run_cli("demo", "--out", out, "--steps", "4", timeout=900))
+    assert "summary.json" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"zero_shot_accuracy", "chance_accuracy", "recall_at_1", "stages", "final_losses",
+            "export_path"} <= set(summary)
+    assert set(summary["zero_shot_accuracy"]) == {"en", "fr", "de", "es", "overall"}
+    assert all(0 <= v <= 1 for v in summary["zero_shot_accuracy"].values())
+    assert summary["chance_accuracy"] == pytest.approx(1 / 24)
+    assert set(summary["recall_at_1"]) == {"image_to_text", "text_to_image"}
+    assert len(summary["stages"]) == 3 and summary["stages"][0]["name"] == "sigmoid+locca"
+    assert all(np.isfinite(v) for v in summary["final_losses"].values())
+    width, height = png_size(summary["plot_path"])
+    assert width > 100 and height > 100
+    assert os.path.exists(summary["export_path"])
+    backbone = SigLIP2Backbone.from_preset(str(out / "preset"))
+    assert tuple(backbone.vision_encoder.image_size) == (48, 48)  # after the switch
+
+
 # --------------------------------------------------------------------------- bad input
 
 
-N_BAD_INPUTS = 15
+N_BAD_INPUTS = 22
 
 
 def bad_inputs(ws):
@@ -399,6 +493,18 @@ def bad_inputs(ws):
          "nope.npz' does not exist"),
         (["classify", image, "--labels", "a,b", "--preset", no_tokenizer_preset(ws)],
          "the preset has no tokenizer"),
+        (["classify", image, "--labels", "", "--preset", preset], "names no label"),
+        (["classify", image, "--labels", "a,b", "--preset", root / "no_such_preset"],
+         "no_such_preset' does not exist"),
+        (["embed", "--images", root / "missing.png", "--out", root / "e.npz",
+          "--preset", preset], "missing.png' does not exist"),
+        (["train", "--preset", root / "not_a_preset", "--data", ws["csv"], "--out", root / "t"],
+         "is not a preset directory"),
+        (["train", "--preset", "siglip2_tiny_does_not_exist", "--data", ws["csv"],
+          "--out", root / "t"], "Unknown preset 'siglip2_tiny_does_not_exist'"),
+        (["train", "--preset", preset, "--data", root / "missing.csv", "--out", root / "t"],
+         "missing.csv' does not exist"),
+        (["export", root / "not_a_preset", root / "exported_bad"], "is not a preset directory"),
     ]
 
 
@@ -427,6 +533,20 @@ def test_bad_input_in_process(ws, capsys):
         assert code == 1, (argv, err)
         assert len(lines) == 1 and lines[0].startswith("siglip2: error:"), (argv, err)
         assert expected in lines[0], (argv, lines[0])
+
+
+def test_only_unreadable_images(ws, capsys):
+    """Unreadable images are skipped with a warning naming each; if none is left the
+    command fails with one error line."""
+    broken = ws["root"] / "images" / "img02_broken.png"
+    code = cli.main(["classify", str(broken), "--labels", "a,b", "--preset", ws["preset"]])
+    lines = siglip2_lines(capsys.readouterr().err)
+    assert code == 1
+    errors = [l for l in lines if l.startswith("siglip2: error:")]
+    warnings_ = [l for l in lines if l.startswith("siglip2: warning:")]
+    assert len(errors) == 1 and "None of the 1 images could be read" in errors[0]
+    assert len(warnings_) == 1 and "img02_broken.png" in warnings_[0]
+    assert len(lines) == 2
 
 
 @pytest.mark.large

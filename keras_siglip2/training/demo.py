@@ -223,8 +223,9 @@ def run_demo(out_dir, steps=None, seed=0, verbose=True, **overrides):
         image_size=cfg["target_image_size"], seed=seed,
         num_local_views=cfg["num_local_views"], num_bins=cfg["num_bins"],
     )
+    heldout_seed = seed + 10_000
     heldout = synthetic.heldout_split(
-        cfg["num_heldout"], cfg["target_image_size"], seed=seed + 10_000
+        cfg["num_heldout"], cfg["target_image_size"], seed=heldout_seed
     )
     timings["data_s"] = time.time() - t0
 
@@ -304,6 +305,7 @@ def run_demo(out_dir, steps=None, seed=0, verbose=True, **overrides):
         "steps": total,
         "config": cfg,
         "seed": seed,
+        "heldout_seed": heldout_seed,
         "timings_s": {**timings, "total_s": time.time() - t0},
     }
     with open(os.path.join(out_dir, "summary.json"), "w") as f:

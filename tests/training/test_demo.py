@@ -9,19 +9,9 @@ import pytest
 
 from keras_siglip2.cli import build_parser, main
 from keras_siglip2.training.demo import LOSS_TERMS, run_demo
-from tests.training.pretrainer_helpers import fast_compilation
 
 SUMMARY_KEYS = {"zero_shot_accuracy", "chance_accuracy", "recall_at_1", "stages",
                 "final_losses", "export_path"}
-TINY = dict(width=16, num_layers=1, num_heads=2, image_size=16, target_image_size=24,
-            patch_size=8, num_examples=64, num_heldout=48, batch_size=8, steps_per_epoch=2)
-
-
-@pytest.fixture
-def compilation(tmp_path_factory):
-    restore = fast_compilation(tmp_path_factory.getbasetemp() / "jax_cache")
-    yield
-    restore()
 
 
 def check_outputs(out_dir, summary):
@@ -46,12 +36,11 @@ def check_outputs(out_dir, summary):
     return written
 
 
-def test_demo_smoke_run(tmp_path, compilation):
-    """8 steps; to save a compilation SILC / TIPS and the resolution switch start
-    together at step 7 here (the full curriculum is the large test's)."""
-    out = tmp_path / "demo"
-    summary = run_demo(out, steps=8, verbose=False, self_distillation_start=0.9,
-                       resolution_start=0.9, **TINY)
+@pytest.mark.xdist_group("tiny_demo")
+def test_demo_smoke_run(tiny_demo_run):
+    """8 steps (`tiny_demo_run`); SILC / TIPS and the resolution switch start together
+    at step 7 here (the full curriculum is the large test's)."""
+    out, summary = tiny_demo_run
     written = check_outputs(out, summary)
     assert written["steps"] == 8
     stages = written["stages"]
