@@ -17,11 +17,15 @@ sharded FSDP-style (paper sec. 2; big_vision's `fsdp` sharding). Here:
 - `setup_distribution("batch=4,model=2", batch_size=..., backbone=...)` checks that the
   mesh fits the devices, the batch and the model (heads, widths) before
   anything is built, and sets a `DataParallel` (model axis 1) or `ModelParallel`
-  distribution.
+  distribution (`SigLIP2DataParallel` / `SigLIP2ModelParallel`: they also check each
+  batch against the batch axis, and each variable's shape against its layout, raising
+  a ValueError that names what does not fit).
 - `initialize_multihost()` starts JAX's multi-process runtime
   (`jax.distributed.initialize()`) on TPU pods / multi-host GPU clusters; call it first.
 
-The sigmoid loss across devices is `keras_siglip2.training.losses.distributed`.
+The sigmoid loss across devices is `keras_siglip2.training.losses.distributed`;
+`SigLIP2Pretrainer` switches to it by itself under a distribution whose batch axis spans
+more than one device.
 """
 
 import json
@@ -270,12 +274,53 @@ def check_divisibility(
                 )
 
 
+def _check_batch_fits(distribution, data_shape):
+    """Raises a ValueError unless the global batch of an input of (per-process) shape
+    `data_shape` splits evenly over the distribution's batch axis. Keras asks for the
+    layout of every input of a step before the step runs, so a batch that does not fit
+    fails here, before any work, instead of inside the backend."""
+    if not data_shape or data_shape[0] is None:
+        return
+    axis = distribution.batch_dim_name
+    size = _axis_sizes(distribution.device_mesh).get(axis, 1)
+    batch = int(data_shape[0])
+    try:
+        import jax
+
+        processes = jax.process_count() if keras.backend.backend() == "jax" else 1
+    except ImportError:  # pragma: no cover
+        processes = 1
+    if (batch * processes) % size:
+        hosts = f" ({batch} per host x {processes} hosts)" if processes > 1 else ""
+        raise ValueError(
+            f"The global batch size {batch * processes}{hosts} of an input of shape "
+            f"{tuple(data_shape)} must be divisible by the {axis!r} axis of the mesh "
+            f"({size} devices); use a batch size that is a multiple of {size} (and drop "
+            "the last incomplete batch, e.g. `dataset.batch(..., drop_remainder=True)`)."
+        )
+
+
+class SigLIP2DataParallel(keras.distribution.DataParallel):
+    """`keras.distribution.DataParallel` whose data layout first checks that every
+    batch splits evenly over the devices (a clear ValueError instead of a backend
+    error)."""
+
+    def get_data_layout(self, data_shape):
+        _check_batch_fits(self, data_shape)
+        return super().get_data_layout(data_shape)
+
+
 class SigLIP2ModelParallel(keras.distribution.ModelParallel):
     """`keras.distribution.ModelParallel` that checks each variable's layout against its
     shape when the variable is created: a sharded dimension the mesh axis does not
     divide (or a spec of the wrong rank) raises a ValueError naming the variable path,
     its shape, the spec and the mesh, instead of a backend error. This covers the
-    variables `check_divisibility` cannot see (LocCa decoder, projection heads)."""
+    variables `check_divisibility` cannot see (LocCa decoder, projection heads). Every
+    batch is checked to split evenly over the batch axis, as in `SigLIP2DataParallel`."""
+
+    def get_data_layout(self, data_shape):
+        _check_batch_fits(self, data_shape)
+        return super().get_data_layout(data_shape)
 
     def get_variable_layout(self, variable):
         layout = super().get_variable_layout(variable)
@@ -313,8 +358,12 @@ def setup_distribution(
 ):
     """Checks and creates the distribution for a mesh spec (as `siglip2 train --mesh`).
 
-    A model axis of size 1 gives `keras.distribution.DataParallel` over all devices;
-    otherwise `SigLIP2ModelParallel` with `get_layout_map`. Everything is checked
+    A model axis of size 1 gives `SigLIP2DataParallel` (`keras.distribution.DataParallel`)
+    over all devices; otherwise `SigLIP2ModelParallel` with `get_layout_map`. Build the
+    model (backbone or `SigLIP2Pretrainer`: towers, LocCa decoder, heads and teacher
+    copies all follow the layout map) and call `fit` under it; the pretrainer then
+    computes its sigmoid loss with the ring across the batch axis
+    (`training.losses.distributed`). Everything is checked
     (`make_mesh`, `check_divisibility`) before the distribution is set.
 
     Args:
@@ -347,7 +396,7 @@ def setup_distribution(
     )
     if _axis_sizes(device_mesh)[model_parallel_dim_name] == 1:
         flat = list(device_mesh.devices.flatten())
-        distribution = keras.distribution.DataParallel(
+        distribution = SigLIP2DataParallel(
             device_mesh=keras.distribution.DeviceMesh(
                 (len(flat),), [data_parallel_dim_name], flat
             ),

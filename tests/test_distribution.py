@@ -157,7 +157,7 @@ def test_layout_specs_and_per_device_bytes(eight_devices):
 @pytest.mark.parametrize("mesh", ["data", "2x4", "1x8"])
 def test_forward_matches_one_device(eight_devices, mesh):
     result = eight_devices[mesh]
-    expected_type = "DataParallel" if mesh == "data" else "SigLIP2ModelParallel"
+    expected_type = "SigLIP2DataParallel" if mesh == "data" else "SigLIP2ModelParallel"
     assert result["type"] == expected_type
     assert result["forward_diff"] <= 1e-5, result
 

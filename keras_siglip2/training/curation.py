@@ -19,10 +19,19 @@ The per-example loss of pair i is the row sum of the sigmoid loss over the super
 text, so scores are computed jointly over the whole super-batch. Everything is
 `keras.ops` with static shapes (`top_k` of a fixed size), so `select` runs inside a
 jitted JAX train step; the reference's scores carry no gradient.
+
+`SigLIP2Pretrainer(backbone, curator=ActiveCurator(reference, keep_ratio))` does this in
+its train step: the dataset delivers super-batches, the selection runs inside the step,
+and every loss trains on the kept examples (see `SigLIP2Pretrainer`). An
+`ActiveCurator` serializes with Keras (`get_config` / `from_config`, registered) when its
+reference is a Keras layer (a `SigLIP2Backbone`): its config holds the reference's
+config and `keep_ratio`; the reference's weights are saved by whoever tracks it (the
+pretrainer saves them with its own weights).
 """
 
 import math
 
+import keras
 from keras import ops
 
 from keras_siglip2.layers import l2_normalize
@@ -32,6 +41,23 @@ from keras_siglip2.training.losses.sigmoid import per_example_sigmoid_loss
 PAPER_KEEP_RATIOS = {"B/16": 0.5, "B/32": 0.75}
 
 
+def at_tower_resolution(backbone, batch):
+    """`batch` with its "images" resized (antialiased bilinear, clipped to [-1, 1]) to
+    the fixed-resolution image tower's size when they differ; unchanged otherwise (a
+    NaFlex tower, or a stand-in without `image_size`). The reference and the learner
+    may have different resolutions."""
+    size = getattr(getattr(backbone, "vision_encoder", None), "image_size", None)
+    images = batch.get("images") if isinstance(batch, dict) else None
+    if size is None or images is None or len(images.shape) != 4:
+        return batch
+    if tuple(images.shape[1:3]) == tuple(size):
+        return batch
+    resized = ops.image.resize(ops.cast(images, "float32"), tuple(size),
+                               interpolation="bilinear", antialias=True)
+    return {**batch, "images": ops.clip(resized, -1.0, 1.0)}
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
 class ActiveCurator:
     """Selects the most learnable sub-batch of a super-batch (ACID).
 
@@ -84,6 +110,32 @@ class ActiveCurator:
         """Examples kept from a super-batch: round(keep_ratio * size), at least 1."""
         return max(1, int(round(self.keep_ratio * int(super_batch_size))))
 
+    def check_super_batch_size(self, super_batch_size):
+        """Raises ValueError unless a super-batch of this (static) size can be curated:
+        at least 2 examples kept (the sigmoid loss needs negatives) and, for
+        `keep_ratio` < 1, at least one dropped."""
+        if super_batch_size is None:
+            raise ValueError(
+                "ACID needs a static super-batch size (top-k of a fixed size inside a "
+                "jitted step): batch with drop_remainder=True."
+            )
+        size = int(super_batch_size)
+        kept = self.num_selected(size)
+        if kept < 2 or (self.keep_ratio < 1.0 and kept >= size):
+            smallest = 2
+            while self.num_selected(smallest) < 2 or (
+                self.keep_ratio < 1.0 and self.num_selected(smallest) >= smallest
+            ):
+                smallest += 1
+            raise ValueError(
+                f"The super-batch of {size} examples is too small for ACID with "
+                f"keep_ratio={self.keep_ratio}: it would keep {kept} of them (at least 2 "
+                "must be kept and, with keep_ratio < 1, at least one dropped). Draw "
+                f"`curator.super_batch_size(batch_size)` examples per batch (at least "
+                f"{smallest})."
+            )
+        return kept
+
     # -------------------------------------------------------------------- scores
     @staticmethod
     def example_losses(backbone, batch):
@@ -94,7 +146,8 @@ class ActiveCurator:
                 f"'token_ids'; got {type(batch).__name__}"
                 + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else "") + "."
             )
-        zimg = l2_normalize(ops.cast(backbone.get_vision_embeddings(batch), "float32"))
+        zimg = l2_normalize(ops.cast(
+            backbone.get_vision_embeddings(at_tower_resolution(backbone, batch)), "float32"))
         ztxt = l2_normalize(ops.cast(backbone.get_text_embeddings(batch["token_ids"]), "float32"))
         head = backbone.logit_head
         return per_example_sigmoid_loss(zimg, ztxt, head.log_temperature, head.bias)
@@ -105,10 +158,7 @@ class ActiveCurator:
         reference = self.example_losses(self.reference_backbone, batch)
         return ops.stop_gradient(learner - reference)
 
-    def select_indices(self, learner_backbone, batch):
-        """Indices (k,) int32 of the k = `num_selected(B)` most learnable examples,
-        most learnable first."""
-        scores = self.learnability(learner_backbone, batch)
+    def _top(self, scores):
         size = scores.shape[0]
         if size is None:
             raise ValueError(
@@ -118,11 +168,16 @@ class ActiveCurator:
         _, indices = ops.top_k(scores, self.num_selected(size), sorted=True)
         return ops.cast(indices, "int32")
 
-    def select(self, learner_backbone, batch):
-        """The curated training batch: every field of `batch` whose first axis is the
-        super-batch size, gathered at `select_indices`; other fields unchanged."""
-        indices = self.select_indices(learner_backbone, batch)
-        size = ops.shape(batch["token_ids"])[0]
+    def select_indices(self, learner_backbone, batch):
+        """Indices (k,) int32 of the k = `num_selected(B)` most learnable examples,
+        most learnable first."""
+        return self._top(self.learnability(learner_backbone, batch))
+
+    @staticmethod
+    def gather(batch, indices):
+        """Every field of `batch` whose first axis is the batch size (that of
+        "token_ids"), gathered at `indices`; other fields unchanged."""
+        size = batch["token_ids"].shape[0]
         out = {}
         for key, value in batch.items():
             shape = getattr(value, "shape", None)
@@ -132,6 +187,103 @@ class ActiveCurator:
                 out[key] = value
         return out
 
+    def select(self, learner_backbone, batch):
+        """The curated training batch: every field of `batch` whose first axis is the
+        super-batch size, gathered at `select_indices`; other fields unchanged."""
+        return self.gather(batch, self.select_indices(learner_backbone, batch))
+
+    def select_with_scores(self, learner_backbone, batch):
+        """(`select`'s batch, its indices (k,), the learnability (B,) of every example
+        of the super-batch), from one scoring pass."""
+        scores = self.learnability(learner_backbone, batch)
+        indices = self._top(scores)
+        return self.gather(batch, indices), indices, scores
+
+    # -------------------------------------------------------------------- pairing
+    def check_learner(self, learner_backbone):
+        """Raises unless this curator's reference can score the batches of
+        `learner_backbone` inside a pretrainer: a different `SigLIP2Backbone` sharing
+        no variable with it, with the same image inputs and text vocabulary, and a
+        text tower that takes the learner's token sequences."""
+        from keras_siglip2.models.backbone import SigLIP2Backbone
+
+        reference = self.reference_backbone
+        if not isinstance(reference, SigLIP2Backbone):
+            raise TypeError(
+                "A pretrainer's ACID reference must be a SigLIP2Backbone (its weights "
+                "become frozen state of the train step); got "
+                f"{type(reference).__name__}."
+            )
+        if reference is learner_backbone:
+            raise ValueError(
+                "The ACID reference backbone is the learner itself; pass a separate "
+                "(e.g. larger or longer-trained) SigLIP2Backbone."
+            )
+        shared = {id(v) for v in reference.weights} & {id(v) for v in learner_backbone.weights}
+        if shared:
+            raise ValueError(
+                f"The ACID reference backbone shares {len(shared)} variables with the "
+                "learner; the reference must be a separate, frozen model."
+            )
+        if tuple(reference.vision_input_names) != tuple(learner_backbone.vision_input_names):
+            raise ValueError(
+                "The ACID reference and the learner take different image inputs "
+                f"({list(reference.vision_input_names)} vs "
+                f"{list(learner_backbone.vision_input_names)}): both must be "
+                "fixed-resolution or both NaFlex."
+            )
+        ref_text, text = reference.text_encoder, learner_backbone.text_encoder
+        if ref_text.vocabulary_size != text.vocabulary_size:
+            raise ValueError(
+                f"The ACID reference's text vocabulary ({ref_text.vocabulary_size}) differs "
+                f"from the learner's ({text.vocabulary_size}): both must use the same "
+                "tokenizer."
+            )
+        if ref_text.max_sequence_length < text.max_sequence_length:
+            raise ValueError(
+                f"The ACID reference's text tower takes at most "
+                f"{ref_text.max_sequence_length} tokens, fewer than the learner's "
+                f"{text.max_sequence_length}."
+            )
+
+    # -------------------------------------------------------------------- config
+    def get_config(self):
+        """{"reference_backbone": its Keras config, "keep_ratio": ...}. The reference's
+        weights are not part of the config (a pretrainer saves them with its own)."""
+        if not isinstance(self.reference_backbone, keras.layers.Layer):
+            raise TypeError(
+                "This ActiveCurator cannot be serialized: its reference is a "
+                f"{type(self.reference_backbone).__name__}, not a Keras layer "
+                "(a SigLIP2Backbone)."
+            )
+        return {"reference_backbone": keras.layers.serialize(self.reference_backbone),
+                "keep_ratio": self.keep_ratio}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        reference = config.pop("reference_backbone")
+        if isinstance(reference, dict):
+            reference = keras.layers.deserialize(reference)
+        return cls(reference, **config)
+
     def __repr__(self):
         return (f"ActiveCurator(reference={type(self.reference_backbone).__name__}, "
                 f"keep_ratio={self.keep_ratio})")
+
+
+def resolve_curator(curator, learner_backbone):
+    """The `curator` argument of `SigLIP2Pretrainer`: None, an `ActiveCurator` or its
+    serialized config, checked against the learner (`ActiveCurator.check_learner`)."""
+    if curator is None:
+        return None
+    if isinstance(curator, dict):
+        curator = keras.saving.deserialize_keras_object(curator)
+    if not isinstance(curator, ActiveCurator):
+        raise TypeError(
+            "`curator` must be an ActiveCurator (ACID, e.g. "
+            "ActiveCurator(reference_backbone, keep_ratio=0.5)) or None; got "
+            f"{type(curator).__name__}."
+        )
+    curator.check_learner(learner_backbone)
+    return curator

@@ -76,6 +76,9 @@ TEACHER_MOMENTUM = 0.996
 MASK_RATIO = 0.5
 PARALLEL_PROBABILITY = 0.5
 
+# Logged by training steps with an ACID curator (`curator=`).
+CURATION_METRICS = ("acid_learnability", "acid_kept_fraction")
+
 # Batch fields produced by make_locca_targets that the pretrainer reads.
 LOCCA_FIELDS = ("decoder_token_ids", "decoder_targets", "decoder_weights")
 
@@ -198,6 +201,13 @@ class SigLIP2Pretrainer(keras.Model):
             docstring for the defaults.
         chunk_size: int or None. Compute the sigmoid loss in text chunks of this size
             (never materializing the B x B logits).
+        sigmoid_loss: form of the sigmoid loss, chosen when the train step is traced
+            (`losses.distributed.SelectedSigLIPLoss`): "auto" (default) uses the
+            ring across devices (`distributed_sigmoid_loss`, no device holds the
+            global B x B logits) under an active `keras.distribution` distribution
+            whose batch axis spans more than one device (JAX), else the chunked form
+            with a `chunk_size`, else the plain one; "plain", "chunked" or
+            "distributed" force a form (all give the same value and gradients).
         teacher_momentum: float in [0, 1), EMA momentum of the teacher (0.996).
         head_dims: (hidden, bottleneck, output) of the SILC / TIPS heads; default
             `default_head_dims(width)`.
@@ -208,6 +218,20 @@ class SigLIP2Pretrainer(keras.Model):
             temperatures (0.1, 0.04) and center momentum (0.9).
         seed: int, seeds the pretrainer's random draws (masks, parallel flags, head
             re-initialization).
+        curator: None or an `ActiveCurator` (ACID, paper sec. 2.5). The dataset then
+            delivers super-batches (`curator.super_batch_size(batch_size)` examples);
+            each training step scores them with the learner and the curator's reference
+            backbone and every loss trains on the kept `keep_ratio` fraction (inside
+            the jitted step); evaluation (`evaluate`, `training=False`) uses whole
+            batches. The reference backbone becomes a frozen, tracked sub-model
+            (`pretrainer.reference_backbone`, `trainable=False`): its weights are
+            non-trainable state of the step (never updated, not baked into the
+            compiled step) and are saved with the pretrainer's weights (`save_weights`,
+            `.keras`, `BackupAndRestore`); `get_config` holds the curator's config
+            (the reference's config and `keep_ratio`). The trained backbone
+            (`pretrainer.backbone`, `save_to_preset`) does not contain it. Training
+            logs add "acid_learnability" (mean learnability of the kept examples) and
+            "acid_kept_fraction".
 
     Calling the pretrainer on a batch returns its loss terms (a dict with "loss" and
     "<term>_loss" / "<term>_weight" entries); `fit` logs all of them every step.
@@ -230,6 +254,7 @@ class SigLIP2Pretrainer(keras.Model):
         masked_prediction=True,
         loss_weights=None,
         chunk_size=None,
+        sigmoid_loss="auto",
         teacher_momentum=TEACHER_MOMENTUM,
         head_dims=None,
         mask_ratio=MASK_RATIO,
@@ -238,10 +263,11 @@ class SigLIP2Pretrainer(keras.Model):
         teacher_temperature=None,
         center_momentum=None,
         seed=None,
+        curator=None,
         **kwargs,
     ):
         from keras_siglip2.models.backbone import SigLIP2Backbone
-        from keras_siglip2.training.losses import SigLIPLoss
+        from keras_siglip2.training.losses.distributed import SelectedSigLIPLoss
         from keras_siglip2.training.losses import self_distillation as sd_module
 
         if isinstance(backbone, dict):
@@ -271,6 +297,9 @@ class SigLIP2Pretrainer(keras.Model):
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
         ):
             raise ValueError(f"`chunk_size` must be a positive int or None; got {chunk_size!r}.")
+        from keras_siglip2.training.curation import resolve_curator
+
+        curator = resolve_curator(curator, backbone)
 
         super().__init__(**kwargs)
         width = vision.hidden_dim
@@ -286,7 +315,12 @@ class SigLIP2Pretrainer(keras.Model):
             sd_module.CENTER_MOMENTUM if center_momentum is None else center_momentum
         )
         self.seed = seed
-        self.sigmoid_loss_fn = SigLIPLoss(chunked=chunk_size is not None, chunk_size=chunk_size)
+        self.curator = curator
+        self.reference_backbone = None
+        if curator is not None:  # frozen, tracked: non-trainable state of the step
+            curator.reference_backbone.trainable = False
+            self.reference_backbone = curator.reference_backbone
+        self.sigmoid_loss_fn = SelectedSigLIPLoss(sigmoid_loss, chunk_size=chunk_size)
         self.use_self_distillation = self_distillation
         self.use_masked_prediction = masked_prediction
         self.head_dims = tuple(head_dims or default_head_dims(width))
@@ -350,6 +384,8 @@ class SigLIP2Pretrainer(keras.Model):
             )
         self._self_distillation_on = False  # Python mirror of the stage (static in traces)
         names = ["loss"] + [f"{n}_loss" for n in self.active_terms]
+        if curator is not None:
+            names += list(CURATION_METRICS)
         self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self._build_sublayers()
         if self.uses_teacher:
@@ -706,7 +742,9 @@ class SigLIP2Pretrainer(keras.Model):
         return fields
 
     def check_batch(self, batch):
-        """Raises ValueError naming the first missing / malformed field."""
+        """Raises ValueError naming the first missing / malformed field. With a
+        `curator` the training batches are super-batches: the same fields with more
+        examples (their size is checked by `curate`)."""
         if not isinstance(batch, dict):
             raise ValueError(
                 "SigLIP2Pretrainer trains on dict batches with the fields "
@@ -766,7 +804,32 @@ class SigLIP2Pretrainer(keras.Model):
     # ------------------------------------------------------------------ losses
 
     def call(self, inputs, training=False):
-        """The loss terms of one batch (see the class docstring)."""
+        """The loss terms of one batch (see the class docstring). With a `curator`, a
+        training call first keeps the curated sub-batch of the super-batch `inputs`
+        (ACID) and adds the `CURATION_METRICS`; evaluation uses the whole batch."""
+        curation = {}
+        if training and self.curator is not None:
+            inputs, curation = self.curate(inputs)
+        outputs = self.loss_terms(inputs, training=training)
+        outputs.update(curation)
+        return outputs
+
+    def curate(self, super_batch):
+        """(the kept sub-batch, {"acid_learnability": mean learnability of the kept
+        examples, "acid_kept_fraction": kept / super-batch size}): the `curator`'s
+        selection with the current learner (backend-agnostic; traced in the step)."""
+        self.check_batch(super_batch)
+        size = super_batch["token_ids"].shape[0]
+        self.curator.check_super_batch_size(size)
+        batch, indices, scores = self.curator.select_with_scores(self.backbone, super_batch)
+        kept = indices.shape[0]
+        return batch, {
+            "acid_learnability": ops.mean(ops.take(scores, indices, axis=0)),
+            "acid_kept_fraction": ops.convert_to_tensor(kept / size, "float32"),
+        }
+
+    def loss_terms(self, inputs, training=False):
+        """The loss terms of one (already curated) batch."""
         from keras_siglip2.training.losses import (
             locca_loss,
             masked_prediction_loss,
@@ -892,6 +955,8 @@ class SigLIP2Pretrainer(keras.Model):
         effective weight."""
         logs = {}
         for name, tracker in self._loss_trackers.items():
+            if name not in outputs:  # CURATION_METRICS: training steps only
+                continue
             tracker.update_state(outputs[name])
             logs[name] = tracker.result()
         for name in self.active_terms:
@@ -998,6 +1063,7 @@ class SigLIP2Pretrainer(keras.Model):
                 "masked_prediction": self.use_masked_prediction,
                 "loss_weights": dict(self.loss_weights),
                 "chunk_size": self.chunk_size,
+                "sigmoid_loss": self.sigmoid_loss_fn.mode,
                 "teacher_momentum": self.teacher_momentum,
                 "head_dims": list(self.head_dims),
                 "mask_ratio": self.mask_ratio,
@@ -1006,6 +1072,10 @@ class SigLIP2Pretrainer(keras.Model):
                 "teacher_temperature": self.teacher_temperature,
                 "center_momentum": self.center_momentum,
                 "seed": self.seed,
+                # The reference backbone's config and keep_ratio; its weights are
+                # saved with the pretrainer's weights (see `curator` above).
+                "curator": None if self.curator is None
+                else keras.saving.serialize_keras_object(self.curator),
             }
         )
         return config

@@ -22,8 +22,13 @@ Distribution (`mesh="batch=4,model=2"`, JAX): the multi-host runtime is started
 and the model before anything is built. `batch_size` is the global batch; each host reads
 `batch_size / num_hosts` examples per step from its own share of the data.
 
-Not covered: NaFlex presets (`SigLIP2Pretrainer` trains fixed-resolution towers only;
-a NaFlex preset raises a clear error) and the 95 % resolution switch (the preset already
+NaFlex presets (sec. 2.4.2) train with the sigmoid and LocCa losses only (no SILC /
+TIPS, as the paper's NaFlex stage): the pipeline gives NaFlex views (aspect-preserving
+patches) with the sequence length drawn per batch from `naflex_sequence_lengths` (the
+paper's {128, 256, 576, 784, 1024} by default); the jitted step is compiled once per
+length.
+
+Not covered: the 95 % resolution switch of fixed-resolution presets (the preset already
 has its final resolution; use `ResolutionAdaptation` directly for that).
 """
 
@@ -162,10 +167,24 @@ def _start_hosts():
         raise
 
 
-def dataset_views(backbone, decoder, self_distillation, masked_prediction):
+def dataset_views(backbone, decoder, self_distillation, masked_prediction,
+                  naflex_sequence_lengths=None):
     """`image_text_dataset` keyword arguments giving the batch fields the pretrainer
-    needs: the image at the model resolution, SILC local crops, the TIPS mask, LocCa
-    targets (matching the decoder's location bins and length)."""
+    needs: the image at the model resolution (or, for a NaFlex tower, NaFlex patches
+    with the sequence length drawn per batch from `naflex_sequence_lengths`, default
+    the paper's), SILC local crops, the TIPS mask, LocCa targets (matching the
+    decoder's location bins and length)."""
+    from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
+    from keras_siglip2.training.data.pipeline import NAFLEX_SEQUENCE_LENGTHS
+
+    if not isinstance(backbone.vision_encoder, SigLIP2VisionEncoder):
+        return {
+            "views": ("naflex",),
+            "naflex_sequence_lengths": (NAFLEX_SEQUENCE_LENGTHS
+                                        if naflex_sequence_lengths is None
+                                        else tuple(naflex_sequence_lengths)),
+            "locca": decoder is not None,
+        }
     views = ["image"]
     kwargs = {}
     if self_distillation:
@@ -257,6 +276,7 @@ def train(
     checkpoint_every=DEFAULT_CHECKPOINT_EVERY,
     data_format=None,
     default_language="",
+    naflex_sequence_lengths=None,
     callbacks=None,
     verbose=True,
 ):
@@ -274,13 +294,17 @@ def train(
         mesh: None (default device placement) or a mesh spec "batch=4,model=2" (JAX).
         decoder: bool, the LocCa decoder and its loss (sec. 2.2).
         self_distillation, masked_prediction: the SILC / TIPS losses from 80 % of the
-            steps (sec. 2.3); None = on, as in the paper.
+            steps (sec. 2.3); None = as in the paper: on for fixed-resolution presets,
+            off for NaFlex presets (True with a NaFlex preset is an error).
         learning_rate: the peak learning rate (None: the paper's 1e-3; use a much
             smaller one to fine-tune a released model).
         seed: seeds the data order, crops, masks and initializations.
         checkpoint_every: steps between backups (`out_dir/backup`).
         data_format: "csv", "jsonl", "tfrecord", "webdataset" or None (from file names).
         default_language: language of records without one.
+        naflex_sequence_lengths: NaFlex presets only: the sequence lengths (patches
+            per image) a batch draws from; None = the paper's (128, 256, 576, 784,
+            1024).
         callbacks: extra `keras.callbacks.Callback`s for `fit`.
         verbose: progress bar and messages.
 
@@ -293,6 +317,15 @@ def train(
     checkpoint_every = min(checkpoint_every, steps)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int; got seed={seed!r}.")
+    if naflex_sequence_lengths is not None:
+        lengths = (list(naflex_sequence_lengths)
+                   if isinstance(naflex_sequence_lengths, (list, tuple)) else [])
+        if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                              for n in lengths):
+            raise ValueError(
+                "`naflex_sequence_lengths` must be a non-empty list of positive ints "
+                f"(e.g. [128, 256, 576, 784, 1024]); got {naflex_sequence_lengths!r}."
+            )
     if out_dir is None or not str(out_dir).strip():
         raise ValueError(f"`out_dir` must be a folder path; got out_dir={out_dir!r}.")
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -334,16 +367,23 @@ def train(
 
     keras.utils.set_random_seed(seed)
     backbone = SigLIP2Backbone.from_preset(preset_path)
-    if not isinstance(backbone.vision_encoder, SigLIP2VisionEncoder):
+    fixed = isinstance(backbone.vision_encoder, SigLIP2VisionEncoder)
+    if not fixed and (self_distillation or masked_prediction):
         raise ValueError(
-            f"`preset`={preset!r} has a {type(backbone.vision_encoder).__name__}: "
-            "`siglip2 train` trains fixed-resolution presets only for now "
-            "(SigLIP2Pretrainer takes no NaFlex batches)."
+            f"`preset`={preset!r} has a {type(backbone.vision_encoder).__name__}: NaFlex "
+            "training uses the sigmoid and LocCa losses only (paper sec. 2.4.2); pass "
+            "self_distillation=False / masked_prediction=False (or leave them None; on "
+            "the command line drop --self-distillation / --masked-prediction)."
+        )
+    if fixed and naflex_sequence_lengths is not None:
+        raise ValueError(
+            f"`naflex_sequence_lengths` applies to NaFlex presets; `preset`={preset!r} "
+            "has a fixed-resolution image tower."
         )
     preprocessor = SigLIP2Preprocessor.from_preset(preset_path)
     tokenizer = preprocessor.tokenizer
-    sd = True if self_distillation is None else bool(self_distillation)
-    mp = True if masked_prediction is None else bool(masked_prediction)
+    sd = fixed if self_distillation is None else bool(self_distillation)
+    mp = fixed if masked_prediction is None else bool(masked_prediction)
     pretrainer = SigLIP2Pretrainer(
         backbone, decoder="locca" if decoder else None, self_distillation=sd,
         masked_prediction=mp, seed=seed,
@@ -358,7 +398,8 @@ def train(
 
     if mesh is None:
         num_hosts, host_index = default_host()
-    data_kwargs = dataset_views(backbone, pretrainer.decoder, sd, mp)
+    data_kwargs = dataset_views(backbone, pretrainer.decoder, sd, mp,
+                                naflex_sequence_lengths)
     if pretrainer.decoder is not None:
         data_kwargs["locca_options"] = _locca_options(pretrainer.decoder, tokenizer)
     dataset = image_text_dataset(
@@ -405,6 +446,8 @@ def train(
         "mesh": mesh,
         "num_hosts": num_hosts,
         "losses": list(pretrainer.active_terms),
+        "naflex_sequence_lengths": (None if fixed
+                                    else list(data_kwargs["naflex_sequence_lengths"])),
         "final_losses": {t: logs.get(f"{t}_loss") for t in LOSS_TERMS
                          if f"{t}_loss" in logs},
         "final_loss": logs.get("loss"),

@@ -1,6 +1,7 @@
 """Tests of `keras_siglip2.training.run.train` (the `siglip2 train` command): a few steps
-on a tiny local preset and a tiny CSV dataset written in the test, the saved preset,
-the summary, resumption, and the argument errors raised before any work."""
+on a tiny local preset (fixed-resolution and NaFlex) and a tiny CSV dataset written in
+the test, the saved preset, the summary, resumption, and the argument errors raised
+before any work."""
 
 import json
 import os
@@ -31,6 +32,14 @@ def setup(tmp_path_factory):
     ]
     csv_path = write_csv(str(root / "data" / "captions.csv"), examples)
     return preset, csv_path
+
+
+@pytest.fixture(scope="module")
+def naflex_preset(setup, tmp_path_factory):
+    """A tiny NaFlex preset (patch 8, 16 patches, 4 x 4 position grid) with the same
+    tokenizer as `setup`'s."""
+    root = tmp_path_factory.mktemp("train_run_naflex")
+    return make_tiny_preset(root / "preset", tiny_spm_proto(), naflex=True)
 
 
 def _weights(backbone):
@@ -72,6 +81,75 @@ def test_train_saves_a_trained_preset(setup, tmp_path):
     assert tuple(preprocessor.image_converter.image_size) == tuple(
         trained.vision_encoder.image_size
     )
+
+
+def _train_naflex(setup, preset, out, decoder, lengths, steps):
+    """Trains the NaFlex preset on the CSV's images; checks the summary and that the
+    saved NaFlex tower changed; returns the summary."""
+    from keras_siglip2.models import SigLIP2Backbone
+    from keras_siglip2.models.naflex_vision_encoder import SigLIP2NaFlexVisionEncoder
+    from keras_siglip2.training.run import train
+
+    summary = train(preset, setup[1], out_dir=str(out), steps=steps, batch_size=4,
+                    decoder=decoder, naflex_sequence_lengths=lengths, learning_rate=1e-3,
+                    seed=0, verbose=False)
+    assert summary["steps"] == steps
+    assert summary["losses"] == ["sigmoid", "locca"] if decoder else ["sigmoid"]
+    assert summary["naflex_sequence_lengths"] == lengths
+    assert all(np.isfinite(v) for v in summary["final_losses"].values())
+    trained = SigLIP2Backbone.from_preset(summary["preset_path"])
+    assert isinstance(trained.vision_encoder, SigLIP2NaFlexVisionEncoder)
+    before = _weights(SigLIP2Backbone.from_preset(preset))
+    after = _weights(trained)
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert any("vision_encoder" in k for k in changed), changed
+    return summary
+
+
+def test_train_naflex_preset(setup, naflex_preset, tmp_path):
+    """A NaFlex preset trains on NaFlex views of the CSV's images (SILC / TIPS default
+    to off for it, as in the paper, and are refused when asked for)."""
+    from keras_siglip2.training.run import train
+
+    _train_naflex(setup, naflex_preset, tmp_path / "naflex", decoder=False, lengths=[16],
+                  steps=2)
+    csv_path = setup[1]
+    with pytest.raises(ValueError, match="NaFlex training uses the sigmoid and LocCa"):
+        train(naflex_preset, csv_path, out_dir=str(tmp_path / "refused"), steps=2,
+              batch_size=4, self_distillation=True, verbose=False)
+    with pytest.raises(ValueError, match="naflex_sequence_lengths"):
+        train(naflex_preset, csv_path, out_dir=str(tmp_path / "refused"), steps=2,
+              batch_size=4, naflex_sequence_lengths=[0], verbose=False)
+    with pytest.raises(ValueError, match="applies to NaFlex presets"):
+        train(setup[0], csv_path, out_dir=str(tmp_path / "refused"), steps=2,
+              batch_size=4, naflex_sequence_lengths=[16], verbose=False)
+    assert not (tmp_path / "refused" / "preset").exists()
+
+
+@pytest.mark.large
+def test_train_naflex_preset_with_locca_and_two_lengths(setup, naflex_preset, tmp_path):
+    """Sigmoid + LocCa on a NaFlex preset, the sequence length drawn per batch."""
+    _train_naflex(setup, naflex_preset, tmp_path / "naflex", decoder=True, lengths=[8, 16],
+                  steps=3)
+
+
+@pytest.mark.large
+def test_cli_train_naflex_preset_subprocess(setup, naflex_preset, tmp_path):
+    """`siglip2 train --preset <NaFlex dir> --data CSV` with every default but the
+    length of the run: sigmoid + LocCa, the paper's NaFlex sequence lengths."""
+    out = tmp_path / "cli_naflex"
+    env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"))
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_siglip2.cli", "train", "--preset", naflex_preset,
+         "--data", setup[1], "--steps", "2", "--batch-size", "4", "--out", str(out),
+         "--json"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["losses"] == ["sigmoid", "locca"]
+    assert summary["naflex_sequence_lengths"] == [128, 256, 576, 784, 1024]
+    assert all(np.isfinite(v) for v in summary["final_losses"].values())
 
 
 @pytest.mark.large
@@ -135,6 +213,12 @@ def test_cli_train_parser_and_error():
          "--no-decoder", "--mesh", "batch=2"]
     )
     assert (args.steps, args.batch_size, args.decoder, args.mesh) == (5, 8, False, "batch=2")
+    # SILC / TIPS: None unless given (train() then follows the paper per tower type).
+    assert (args.self_distillation, args.masked_prediction) == (None, None)
+    args = cli.build_parser().parse_args(
+        ["train", "--preset", "p", "--data", "d.csv", "--no-self-distillation",
+         "--masked-prediction"])
+    assert (args.self_distillation, args.masked_prediction) == (False, True)
     assert cli.main(["train", "--preset", "p", "--data", "/no/such/file.csv"]) == 1
 
 

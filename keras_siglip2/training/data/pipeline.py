@@ -457,13 +457,36 @@ def record_stream(source, report, *, language_weights=None, default_language="",
 LOCCA_OPTIONS = ("num_bins", "sequence_length", "task_weights")
 
 
-def _locca_fields(batch, tokenizer, seed, num_bins=None, sequence_length=None,
-                  task_weights=(1.0, 1.0, 1.0)):
-    """The pretrainer's LocCa fields for a batch: one task per example, drawn (with
-    `task_weights` for captioning / ARef / GCap) among those the example allows: ARef
-    and GCap need a box with a box caption; one such box is drawn uniformly.
-    Returns "decoder_token_ids", "decoder_targets", "decoder_weights" and
-    "decoder_prefix_mask" (see `locca_targets.make_locca_targets`)."""
+def locca_batch_fields(batch, tokenizer, seed, num_bins=None, sequence_length=None,
+                       task_weights=(1.0, 1.0, 1.0)):
+    """The LocCa fields `SigLIP2Pretrainer` reads (paper sec. 2.2), for one batch of
+    captions with boxes, as `tf` ops (in a `tf.data` map or eagerly).
+
+    One task per example is drawn, with `task_weights` for captioning / ARef / GCap,
+    among those the example allows: ARef and GCap need a box with a box caption, and
+    one such box is drawn uniformly; an example without one gets captioning.
+
+    Args:
+        batch: dict of batched tensors: "token_ids" (B, L) int (the tokenized
+            captions), "boxes" (B, M, 4) float (ymin, xmin, ymax, xmax) in [0, 1],
+            "box_texts" (B, M) string (a caption per box, "" for none) and
+            "num_boxes" (B,) int (valid boxes per example).
+        tokenizer: the `SigLIP2Tokenizer` that made "token_ids" (tokenizes the box
+            captions; its vocabulary size offsets the location tokens).
+        seed: a stateless seed, shape (2,) int (e.g. `tf.stack([seed, batch_index])`):
+            the task and box draws are a function of it.
+        num_bins: location bins per coordinate (default
+            `locca_targets.DEFAULT_NUM_BINS`); the decoder vocabulary is the
+            tokenizer's plus `num_bins`.
+        sequence_length: decoder length (default: `make_locca_targets`').
+        task_weights: 3 non-negative weights (captioning > 0).
+
+    Returns:
+        dict: "decoder_token_ids", "decoder_targets", "decoder_weights",
+        "decoder_prefix_mask" (B, sequence_length) (see
+        `locca_targets.make_locca_targets`) and "locca_task" (B,) int32 (0 =
+        captioning, 1 = ARef, 2 = GCap).
+    """
     from keras_siglip2.training.data.locca_targets import DEFAULT_NUM_BINS, make_locca_targets
 
     num_bins = DEFAULT_NUM_BINS if num_bins is None else num_bins
@@ -771,7 +794,7 @@ def image_text_dataset(
         if tokenizer is not None:
             batch["token_ids"] = tf.cast(tokenizer(texts), tf.int32)
         if locca:
-            batch.update(_locca_fields(batch, tokenizer, tf.stack(
+            batch.update(locca_batch_fields(batch, tokenizer, tf.stack(
                 [tf.cast(seed, tf.int64) + 15485863, batch_index]), **locca_options))
         drop = []
         if tokenizer is not None and "texts" not in extra_fields:

@@ -372,7 +372,7 @@ def synthetic_dataset(
     import tensorflow as tf
 
     from keras_siglip2.training.data.augment import fold_seed, local_crops
-    from keras_siglip2.training.data.pipeline import _locca_fields
+    from keras_siglip2.training.data.pipeline import locca_batch_fields
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
@@ -425,7 +425,7 @@ def synthetic_dataset(
                                                              "num_boxes")}
         out["token_ids"] = tf.cast(tokenizer(batch["texts"]), tf.int32)
         if locca:
-            fields = _locca_fields(
+            fields = locca_batch_fields(
                 {**batch, "token_ids": out["token_ids"]}, tokenizer,
                 fold_seed(base_seed, -1 - index), num_bins=num_bins,
             )

@@ -24,6 +24,11 @@ O(B^2) (global logits).
 
 The ring needs JAX. Without a mesh (one device), with an axis of size 1 or on another
 backend, `distributed_sigmoid_loss` computes the plain `sigmoid_loss` (same value).
+
+`SelectedSigLIPLoss` (the `SigLIP2Pretrainer`'s sigmoid term) picks the form when the
+train step is traced: the ring under an active `keras.distribution` distribution (JAX)
+whose batch axis spans more than one device, otherwise the chunked (with a `chunk_size`)
+or plain single-device loss; a mode forces one form.
 """
 
 import keras
@@ -117,6 +122,94 @@ class DistributedSigLIPLoss:
 
     def __repr__(self):
         return f"DistributedSigLIPLoss(axis_name={self.axis_name!r})"
+
+
+SIGMOID_LOSS_MODES = ("auto", "plain", "chunked", "distributed")
+
+
+def batch_axis_size(distribution=None):
+    """Number of devices the batch is split over by `distribution` (default: the
+    current `keras.distribution` distribution): the size of its `batch_dim_name` mesh
+    axis; 1 without a distribution."""
+    if distribution is None:
+        distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    axis = getattr(distribution, "batch_dim_name", None)
+    mesh = distribution.device_mesh
+    if axis is None or axis not in mesh.axis_names:
+        return 1
+    return int(dict(zip(mesh.axis_names, mesh.shape))[axis])
+
+
+def check_sigmoid_loss_mode(mode):
+    """Returns `mode` if it is one of `SIGMOID_LOSS_MODES`, else raises ValueError."""
+    if not isinstance(mode, str) or mode not in SIGMOID_LOSS_MODES:
+        raise ValueError(
+            f"`sigmoid_loss` must be one of {list(SIGMOID_LOSS_MODES)}; got {mode!r}."
+        )
+    return mode
+
+
+def resolve_sigmoid_loss_mode(mode="auto", chunk_size=None):
+    """The form of the sigmoid loss to compute now: "distributed" (the ring) when
+    `mode` is "auto", the backend is JAX and the current distribution splits the batch
+    over more than one device; otherwise "chunked" when a `chunk_size` is given, else
+    "plain". Any other `mode` is returned as given."""
+    check_sigmoid_loss_mode(mode)
+    if mode != "auto":
+        return mode
+    if keras.backend.backend() == "jax" and batch_axis_size() > 1:
+        return "distributed"
+    return "chunked" if chunk_size is not None else "plain"
+
+
+class SelectedSigLIPLoss:
+    """The sigmoid loss in the form `resolve_sigmoid_loss_mode` picks at call time
+    (i.e. when a train step is traced), with the `SigLIPLoss` signature:
+    `loss(zimg, ztxt, log_temperature, bias)` -> scalar float32.
+
+    All forms give the same value and gradients (up to float32 summation order):
+    "plain" holds the (B, B) logits, "chunked" (B, chunk_size) blocks one at a time,
+    "distributed" (B / n, B / n) blocks per device of the n-device batch axis (the
+    ring; the plain loss without a distribution).
+
+    Args:
+        mode: "auto" (default), "plain", "chunked" or "distributed".
+        chunk_size: int or None, the text chunk width of the chunked form ("auto"
+            chooses it on one device when given; "chunked" defaults to 256).
+
+    `last_mode` is the form used by the latest call (None before the first).
+    """
+
+    def __init__(self, mode="auto", chunk_size=None):
+        from keras_siglip2.training.losses.sigmoid import SigLIPLoss
+
+        self.mode = check_sigmoid_loss_mode(mode)
+        self.chunk_size = chunk_size
+        self._single_device = {
+            "plain": SigLIPLoss(),
+            "chunked": SigLIPLoss(chunked=True, chunk_size=chunk_size),
+        }
+        self.last_mode = None
+
+    def resolve(self):
+        """The form a call would use now."""
+        return resolve_sigmoid_loss_mode(self.mode, self.chunk_size)
+
+    def __call__(self, zimg, ztxt, log_temperature, bias):
+        mode = self.resolve()
+        self.last_mode = mode
+        if mode == "distributed":
+            return distributed_sigmoid_loss(zimg, ztxt, log_temperature, bias)
+        return self._single_device[mode](zimg, ztxt, log_temperature, bias)
+
+    def per_example(self, zimg, ztxt, log_temperature, bias):
+        """Per-image losses (B,) (the plain form; for curation, not for gradients)."""
+        return self._single_device["plain"].per_example(zimg, ztxt, log_temperature, bias)
+
+    def __repr__(self):
+        return f"SelectedSigLIPLoss(mode={self.mode!r}, chunk_size={self.chunk_size!r})"
 
 
 _RING_FNS = {}

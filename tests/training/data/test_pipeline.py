@@ -327,6 +327,38 @@ def test_locca_targets_in_batches(tmp_path):
     assert {1, 2} <= set(tasks)
 
 
+def test_locca_batch_fields_directly():
+    """The public LocCa-fields function (used by the pipeline and the synthetic data):
+    seeded draws, task weights respected, regions required for ARef / GCap."""
+    from keras_siglip2.preprocessing import SigLIP2Tokenizer
+    from keras_siglip2.training.data.pipeline import locca_batch_fields
+    from tests.preprocessing.conftest import train_sentencepiece
+
+    captions = ["a red circle and a blue square", "a green cross", "a photo", "a dog"] * 4
+    tokenizer = SigLIP2Tokenizer(proto=train_sentencepiece(captions * 8, vocab_size=300),
+                                 sequence_length=8)
+    boxes = np.zeros((16, 2, 4), "float32")
+    boxes[:, 0] = [0.1, 0.2, 0.5, 0.6]
+    box_texts = np.array([["a red circle", ""]] * 16)
+    num_boxes = np.array([1, 1, 0, 1] * 4, "int32")  # rows 2, 6, ...: no region
+    batch = {"token_ids": tf.cast(tokenizer(captions), tf.int32), "boxes": boxes,
+             "box_texts": box_texts, "num_boxes": num_boxes}
+    seed = tf.constant([3, 4], tf.int64)
+    a = {k: v.numpy() for k, v in locca_batch_fields(batch, tokenizer, seed, num_bins=8).items()}
+    b = {k: v.numpy() for k, v in locca_batch_fields(batch, tokenizer, seed, num_bins=8).items()}
+    for key in ("decoder_token_ids", "decoder_targets", "decoder_weights",
+                "decoder_prefix_mask", "locca_task"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert a[key].shape[0] == 16
+    assert (a["locca_task"][num_boxes == 0] == 0).all()
+    assert set(a["locca_task"][num_boxes == 1]) > {0}  # ARef / GCap drawn where possible
+    only_gcap = locca_batch_fields(batch, tokenizer, seed, num_bins=8,
+                                   task_weights=(1e-6, 0.0, 1.0))["locca_task"].numpy()
+    np.testing.assert_array_equal(only_gcap, np.where(num_boxes == 1, 2, 0))
+    with pytest.raises(ValueError, match="task_weights"):
+        locca_batch_fields(batch, tokenizer, seed, task_weights=(0.0, 1.0, 1.0))
+
+
 # ------------------------------------------------------------------------ augment
 def test_image_integrity_status():
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
