@@ -69,7 +69,8 @@ FULL = {
                  "text": dict(vocabulary_size=32000, hidden_dim=192, num_layers=12,
                               num_heads=3, intermediate_dim=768, projection_dim=192,
                               max_sequence_length=64),
-                 "batch": 8, "repeats": 3, "local_crops": 2, "pipeline_images": 64,
+                 "batch": 8, "repeats": 3, "local_crops": 8, "local_image_size": 96,
+                 "pipeline_images": 64,
                  "source_size": 256, "pipeline_batches": 4},
     "loss_memory": {"batches": [4096, 16384], "dim": 768, "chunk_size": 1024},
     "gpu": {"archs": {"B/16-224": (B16_VISION, B_TEXT),
@@ -95,6 +96,7 @@ QUICK = {
                "repeats": 2},
     "training": {"arch": "tiny (width 64, 2 layers, 32 px)", "vision": TINY_VISION,
                  "text": TINY_TEXT, "batch": 4, "repeats": 2, "local_crops": 2,
+                 "local_image_size": 16,
                  "pipeline_images": 8, "source_size": 48, "pipeline_batches": 2},
     "loss_memory": {"batches": [256, 1024], "dim": 64, "chunk_size": 128},
     "gpu": {"archs": {"tiny": (TINY_VISION, TINY_TEXT)}, "image_batch": 4,
@@ -887,14 +889,16 @@ def row_training(cfg, ctx):
                                                       PRETRAINER_SIGMOID),
                              vs=PRETRAINER_SIGMOID, target=("<=", 2.5)))
         crops = spec["local_crops"]
-        if crops < 8:  # each extra crop: one more student image forward + backward
+        if crops < 8:  # each extra crop: one more student forward + backward on a crop
             v, t = vision_flops(vision), text_flops(text)
+            area = (spec["local_image_size"] / vision["image_size"]) ** 2
             measured = entries[-1]["ratio"]
             entries.append(entry(
                 "full-recipe / sigmoid-only step time, 8 local crops (estimate)", None, "",
-                ratio=measured + (8 - crops) * v / (v + t), vs=PRETRAINER_SIGMOID,
+                ratio=measured + (8 - crops) * area * v / (v + t), vs=PRETRAINER_SIGMOID,
                 target=("<=", 2.5),
-                note=f"measured ratio + {8 - crops} x image FLOPs / (image + text FLOPs)"))
+                note=f"measured ratio + {8 - crops} x crop area x image FLOPs / (image + "
+                     "text FLOPs)"))
     else:
         entries.append(unavailable("full-recipe step / sigmoid-only step", pretrainer_note))
     step_rates = {k: batch / m[k] for k in (PRETRAINER_SIGMOID, PRETRAINER_FULL, fit_ours)
@@ -912,9 +916,9 @@ def row_training(cfg, ctx):
         "on the (B, B) logits. SigLIP2Pretrainer steps use its default optimizer "
         "(siglip2_optimizer: AdamW + clipnorm 1 + warmup/cosine); the full recipe is "
         "sigmoid + LocCa (decoder sized by locca_decoder_for) + SILC with "
-        f"{spec['local_crops']} local crops at the model resolution (the input pipeline's "
-        "default is 8: with 8 crops an S/16 step at batch 8 took ~20 GB on CPU, too much "
-        "for this machine; the 8-crop ratio is estimated from the measured one) + TIPS, "
+        f"{spec['local_crops']} local crops of {spec['local_image_size']} px "
+        "(local_image_size: the student runs on them with its position embedding resized, "
+        "as DINO / SILC students do; the input pipeline makes the same crops) + TIPS, "
         "after start_self_distillation() (the 80 % stage); LocCa fields are random token "
         "ids.")
     del kh, ours
@@ -934,20 +938,20 @@ def _pretrainer_contenders(backbone, x, spec, rng):
     sigmoid = pretrainer_cls(backbone, decoder=None, self_distillation=False,
                              masked_prediction=False, seed=0)
     sigmoid.compile(total_steps=10_000)
+    local_size = spec["local_image_size"]
     full = pretrainer_cls(backbone, decoder="locca", self_distillation=True,
-                          masked_prediction=True, seed=0)
+                          masked_prediction=True, seed=0, local_image_size=local_size)
     full.compile(total_steps=10_000)
     full.start_self_distillation()
     length = x["token_ids"].shape[1]
     vocab = full.decoder.vocabulary_size
-    size = x["images"].shape[1]
     full_x = dict(
         x,
         decoder_token_ids=rng.randint(0, vocab, (batch, length)).astype(np.int32),
         decoder_targets=rng.randint(0, vocab, (batch, length)).astype(np.int32),
         decoder_weights=np.ones((batch, length), np.float32),
-        local_images=rng.uniform(-1, 1, (batch, spec["local_crops"], size, size, 3)).astype(
-            np.float32),
+        local_images=rng.uniform(
+            -1, 1, (batch, spec["local_crops"], local_size, local_size, 3)).astype(np.float32),
     )
     return {PRETRAINER_SIGMOID: lambda: sigmoid.train_on_batch(x),
             PRETRAINER_FULL: lambda: full.train_on_batch(full_x)}
@@ -983,6 +987,7 @@ def _input_pipeline_entries(spec, step_rates):
             "full-recipe views (+ local crops, TIPS mask, LocCa)": (
                 dict(views=("image", "local", "masked"), locca=True,
                      num_local_crops=spec["local_crops"],
+                     local_crop_size=spec["local_image_size"],
                      patch_size=spec["vision"]["patch_size"]), PRETRAINER_FULL),
         }
         for name, (options, step) in setups.items():

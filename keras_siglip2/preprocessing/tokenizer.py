@@ -355,10 +355,33 @@ class SigLIP2Tokenizer(SentencePieceTokenizer):
             return tf.strings.lower(inputs)
         return inputs
 
+    def _sentence_piece_tokenize(self, flat):
+        """tf_text SentencePiece pieces of the 1-D strings `flat`.
+
+        `tf.random.set_seed` (hence `keras.utils.set_random_seed`) resets TF's eager
+        kernel cache, which deletes the resource of a SentencePiece op made before it
+        (tensorflow/text#570): a dataset built after a reseed would fail with
+        "SentencepieceOp ... does not exist". So while tracing (tf.data map,
+        tf.function) a fresh op is made inside the graph, and an eager call whose
+        cached op lost its resource rebuilds it once."""
+        if not tf.executing_eagerly():
+            import tensorflow_text as tf_text
+
+            op = tf_text.SentencepieceTokenizer(
+                model=self.proto, out_type=self.compute_dtype, add_bos=self.add_bos,
+                add_eos=self.add_eos,
+            )
+            return op.tokenize(flat)
+        self._maybe_initialized_tf()
+        try:
+            return self._sentence_piece.tokenize(flat)
+        except tf.errors.NotFoundError:
+            self._set_proto_tf(self.proto)
+            return self._sentence_piece.tokenize(flat)
+
     @preprocessing_function
     def _tokenize_tf(self, inputs, sequence_length=None):
         length = self._resolve_length(sequence_length)
-        self._maybe_initialized_tf()
         inputs = tf.convert_to_tensor(inputs)
         if inputs.dtype != tf.string:
             raise ValueError(
@@ -372,8 +395,8 @@ class SigLIP2Tokenizer(SentencePieceTokenizer):
             )
         batch_shape = tf.shape(inputs)
         static_batch_shape = inputs.shape.as_list()
-        flat = tf.reshape(inputs, [-1])
-        tokens = self._sentence_piece.tokenize(self._lower_tf(flat))
+        flat = self._lower_tf(tf.reshape(inputs, [-1]))
+        tokens = self._sentence_piece_tokenize(flat)
         tokens = tf.cast(tokens, self.compute_dtype)
         if length is not None:
             tokens = tokens[:, : length - 1]

@@ -36,6 +36,7 @@ from keras import ops
 
 from keras_siglip2.layers import l2_normalize
 from keras_siglip2.training.losses.sigmoid import per_example_sigmoid_loss
+from keras_siglip2.training.resize import resize_images
 
 # The paper's keep ratios (fraction of the super-batch trained on) per model size.
 PAPER_KEEP_RATIOS = {"B/16": 0.5, "B/32": 0.75}
@@ -50,11 +51,7 @@ def at_tower_resolution(backbone, batch):
     images = batch.get("images") if isinstance(batch, dict) else None
     if size is None or images is None or len(images.shape) != 4:
         return batch
-    if tuple(images.shape[1:3]) == tuple(size):
-        return batch
-    resized = ops.image.resize(ops.cast(images, "float32"), tuple(size),
-                               interpolation="bilinear", antialias=True)
-    return {**batch, "images": ops.clip(resized, -1.0, 1.0)}
+    return {**batch, "images": resize_images(images, size)}
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")

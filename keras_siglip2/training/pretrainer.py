@@ -39,9 +39,10 @@ Batches are dicts:
   optionally "decoder_prefix_mask" (B, L): one LocCa task per example, built with
   `training.data.locca_targets.make_locca_targets` (the `image_text_dataset` pipeline
   and the synthetic dataset draw captioning / ARef / GCap per example);
-- with SILC: "local_images" (B, V, h, w, 3) float in [-1, 1]: V local crops per image.
-  We resize local crops to the model resolution (the tower has one fixed position
-  grid); give them at that size to avoid the resize;
+- with SILC: "local_images" (B, V, h, w, 3) float in [-1, 1]: V local crops per image,
+  resized to the model resolution, or with `local_image_size` to that (smaller) size
+  at which the student runs with its position embedding resized; give them at that
+  size to avoid the resize;
 - optional "tips_mask" (B, N) 0/1 and "locca_parallel" (B,) 0/1: the random choices of
   the step (drawn from the pretrainer's seed generator when absent; giving them makes a
   step fully deterministic, e.g. to compare backends).
@@ -208,6 +209,13 @@ class SigLIP2Pretrainer(keras.Model):
             whose batch axis spans more than one device (JAX), else the chunked form
             with a `chunk_size`, else the plain one; "plain", "chunked" or
             "distributed" force a form (all give the same value and gradients).
+        local_image_size: None, int or (height, width): the resolution at which the
+            student sees SILC's local crops. None: the tower's resolution (crops are
+            resized to it). A smaller size (DINO / SILC use 96 px crops for 224 px
+            global views) makes each crop's forward pass cheaper: the crops are
+            resized to it and the tower runs on them with its position embedding
+            resized to their patch grid (`get_pooled_and_tokens(...,
+            any_resolution=True)`). Fixed-resolution towers only.
         teacher_momentum: float in [0, 1), EMA momentum of the teacher (0.996).
         head_dims: (hidden, bottleneck, output) of the SILC / TIPS heads; default
             `default_head_dims(width)`.
@@ -255,6 +263,7 @@ class SigLIP2Pretrainer(keras.Model):
         loss_weights=None,
         chunk_size=None,
         sigmoid_loss="auto",
+        local_image_size=None,
         teacher_momentum=TEACHER_MOMENTUM,
         head_dims=None,
         mask_ratio=MASK_RATIO,
@@ -306,6 +315,7 @@ class SigLIP2Pretrainer(keras.Model):
         self.backbone = backbone
         self.loss_weights = resolve_loss_weights(loss_weights, width)
         self.chunk_size = chunk_size
+        self.local_image_size = _check_local_image_size(local_image_size, vision)
         self.teacher_momentum = float(teacher_momentum)
         self.mask_ratio = float(mask_ratio)
         self.parallel_probability = float(parallel_probability)
@@ -788,14 +798,9 @@ class SigLIP2Pretrainer(keras.Model):
 
     def _at_model_resolution(self, images):
         """Resizes (B, H, W, 3) images to the tower's resolution when they differ."""
-        vision = self.backbone.vision_encoder
-        target = tuple(getattr(vision, "image_size", images.shape[1:3]))
-        if tuple(images.shape[1:3]) == target:
-            return images
-        resized = ops.image.resize(
-            ops.cast(images, "float32"), target, interpolation="bilinear", antialias=True
-        )
-        return ops.clip(resized, -1.0, 1.0)
+        from keras_siglip2.training.resize import resize_images
+
+        return resize_images(images, self.backbone.vision_encoder.image_size)
 
     def _random_parallel(self, batch_size):
         draw = keras.random.uniform((batch_size,), seed=self.seed_generator)
@@ -837,6 +842,7 @@ class SigLIP2Pretrainer(keras.Model):
             update_center,
         )
         from keras_siglip2.training.masking import random_patch_mask
+        from keras_siglip2.training.resize import resize_images
 
         self.check_batch(inputs)
         vision = self.backbone.vision_encoder
@@ -889,8 +895,11 @@ class SigLIP2Pretrainer(keras.Model):
                 shape = ops.shape(local)
                 num_views = local.shape[1]
                 flat = ops.reshape(local, (-1, shape[2], shape[3], shape[4]))
-                flat = self._at_model_resolution(flat)
-                s_pooled = vision.get_pooled_and_tokens(flat)[0]
+                if self.local_image_size is None:
+                    s_pooled = vision.get_pooled_and_tokens(self._at_model_resolution(flat))[0]
+                else:  # small crops, position embedding resized to their grid
+                    flat = resize_images(flat, self.local_image_size)
+                    s_pooled = vision.get_pooled_and_tokens(flat, any_resolution=True)[0]
                 s_logits = self.silc_head(s_pooled)
                 s_logits = ops.reshape(s_logits, (batch_size, num_views, -1))
                 s_logits = ops.transpose(s_logits, (1, 0, 2))  # (V, B, K)
@@ -1064,6 +1073,8 @@ class SigLIP2Pretrainer(keras.Model):
                 "loss_weights": dict(self.loss_weights),
                 "chunk_size": self.chunk_size,
                 "sigmoid_loss": self.sigmoid_loss_fn.mode,
+                "local_image_size": None if self.local_image_size is None
+                else list(self.local_image_size),
                 "teacher_momentum": self.teacher_momentum,
                 "head_dims": list(self.head_dims),
                 "mask_ratio": self.mask_ratio,
@@ -1086,6 +1097,31 @@ class SigLIP2Pretrainer(keras.Model):
         if isinstance(config.get("decoder"), dict):
             config["decoder"] = keras.layers.deserialize(config["decoder"])
         return cls(**config)
+
+
+def _check_local_image_size(size, vision):
+    if size is None:
+        return None
+    if not hasattr(vision, "image_size"):
+        raise ValueError(
+            "`local_image_size` needs a fixed-resolution image tower (NaFlex towers "
+            f"train without SILC); got local_image_size={size!r}."
+        )
+    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    try:
+        pair = tuple(pair)
+        ok = len(pair) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= vision.patch_size
+            for v in pair
+        )
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            "`local_image_size` must be None, an int or (height, width), each at least "
+            f"the patch size {vision.patch_size}; got local_image_size={size!r}."
+        )
+    return pair
 
 
 def _num_batches(data, batch_size=None):

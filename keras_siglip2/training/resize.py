@@ -9,7 +9,8 @@ kernel w' so that a token computed from the resized patch equals the token compu
 the original patch: <resize(x), w'> = <x, w> for every patch x, i.e. B^T w' = w with B the
 (q^2 x p^2) resize matrix, solved as w' = pinv(B^T) w. Upsampling (q >= p) makes this exact;
 downsampling (16 -> 14) gives the least-squares solution.
-All functions work on NumPy arrays (they run once, at the switch) in float64.
+All functions work on NumPy arrays (they run once, at the switch) in float64, except
+`resize_images`, the in-step resize of training images to a tower's resolution.
 """
 
 import numpy as np
@@ -109,3 +110,17 @@ def resize_patches(patches, new_patch_size):
     p, q = patches.shape[-3], int(new_patch_size)
     a = bilinear_resize_matrix(p, q)
     return np.einsum("ai,...ijc,bj->...abc", a, patches, a)
+
+
+def resize_images(images, size):
+    """(B, H, W, 3) float images in [-1, 1] at (height, width) `size` (antialiased
+    bilinear, clipped to [-1, 1]); returned unchanged when already that size. Used in
+    the train step (keras.ops): batches made for another stage's resolution, SILC
+    local crops, an ACID reference tower at another resolution."""
+    size = tuple(int(s) for s in size)
+    if tuple(images.shape[1:3]) == size:
+        return images
+    resized = ops.image.resize(
+        ops.cast(images, "float32"), size, interpolation="bilinear", antialias=True
+    )
+    return ops.clip(resized, -1.0, 1.0)

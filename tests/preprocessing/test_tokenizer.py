@@ -155,6 +155,30 @@ def test_python_and_tf_data_paths_agree(tokenizer):
     np.testing.assert_array_equal(np.asarray(tf_eager(texts)), eager)
 
 
+def test_tokenizer_survives_a_tf_reseed(tokenizer):
+    """`keras.utils.set_random_seed` after the tokenizer was used (it resets TF's kernel
+    cache, deleting SentencePiece op resources: tensorflow/text#570): tf.data pipelines
+    built afterwards and eager calls still tokenize, to the same ids."""
+    import keras
+
+    texts = ["a photo of a cat", "Une photo d'un chat"]
+
+    def through_tf_data():
+        ds = tf.data.Dataset.from_tensor_slices(texts).batch(2).map(tokenizer)
+        return np.concatenate(list(ds.as_numpy_iterator()))
+
+    before = through_tf_data()
+    eager = np.asarray(keras.ops.convert_to_numpy(tokenizer(texts)))
+    np.testing.assert_array_equal(eager, before)
+    try:
+        keras.utils.set_random_seed(0)
+        np.testing.assert_array_equal(through_tf_data(), before)
+        np.testing.assert_array_equal(
+            np.asarray(keras.ops.convert_to_numpy(tokenizer(texts))), before)
+    finally:
+        tf.random.set_seed(None)
+
+
 def test_special_tokens(tokenizer):
     assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id == PAD
     assert tokenizer.end_token == "<eos>" and tokenizer.end_token_id == EOS

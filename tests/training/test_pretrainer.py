@@ -269,6 +269,8 @@ def test_non_finite_loss_stops_naming_step_and_term():
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"decoder": "transformer"}, ValueError, "decoder"),
         ({"head_dims": (8, 8)}, ValueError, "head_dims"),
+        ({"local_image_size": 4}, ValueError, "local_image_size"),
+        ({"local_image_size": (8, 8, 8)}, ValueError, "local_image_size"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -286,6 +288,23 @@ def test_bad_backbone_and_compile_arguments():
         p.compile(optimizer="adam", learning_rate=1e-3)
     with pytest.raises(NotImplementedError, match="backbone"):
         p.predict(tiny_batch(locca=False))
+
+
+def test_small_local_crops():
+    """`local_image_size`: the student sees SILC's crops at that size (position
+    embedding resized); at the tower's own size it is the default path exactly."""
+    batch = tiny_batch(fixed_random=True)
+    silc = {}
+    for size in (None, 16, 8):
+        p = make(seed=0, local_image_size=size)
+        p.start_self_distillation()
+        out = p(batch, training=False)
+        silc[size] = float(numpy(out["silc_loss"]))
+        assert np.isfinite(float(numpy(out["loss"])))
+    assert silc[16] == pytest.approx(silc[None], abs=1e-6)
+    assert abs(silc[8] - silc[None]) > 1e-4  # 1 x 1 patch crops: another student input
+    q = SigLIP2Pretrainer.from_config(json.loads(json.dumps(p.get_config())))
+    assert q.local_image_size == (8, 8)
 
 
 def test_config_round_trip():
