@@ -35,20 +35,18 @@ import time
 import keras
 import numpy as np
 
+from keras_siglip2.training.demo import DEMO_DEFAULTS
+
+# The demo's model, optimizer and batch, with ACID's own run lengths and data sizes.
 ACID_DEFAULTS = dict(
+    {k: DEMO_DEFAULTS[k] for k in ("batch_size", "image_size", "patch_size", "width",
+                                   "num_layers", "num_heads", "sequence_length",
+                                   "learning_rate")},
     steps=200,
     reference_steps=600,
-    batch_size=32,
     keep_ratio=0.5,
-    image_size=32,
-    patch_size=8,
-    width=64,
-    num_layers=2,
-    num_heads=4,
-    sequence_length=16,
     num_examples=2000,
     num_heldout=256,
-    learning_rate=1e-3,
     noise_fraction=0.0,
 )
 

@@ -33,7 +33,7 @@ TEMPLATES = ["a photo of {}", "an image of {}"]  # caption templates of the data
 pytestmark = pytest.mark.xdist_group("tiny_demo")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo(tiny_demo_run):
     """(summary, backbone, preprocessor, held-out split) of the 8-step tiny demo; the
     model is read back from the preset the demo wrote (`OUT/preset`)."""
