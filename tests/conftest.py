@@ -107,9 +107,9 @@ TINY_DEMO = dict(width=16, num_layers=1, num_heads=2, image_size=16, target_imag
 @pytest.fixture(scope="session")
 def tiny_demo_run(tmp_path_factory):
     """(out_dir, summary) of one 8-step `run_demo` with `TINY_DEMO`, shared by the tests
-    that read it: mark them `pytest.mark.xdist_group("tiny_demo")` so that one worker
-    runs them all (make test uses `--dist loadgroup`) and the demo trains once. To save
-    a compilation SILC / TIPS and the resolution switch start together at step 7."""
+    that read it (computed once per xdist worker that runs one of them: pytest-xdist
+    3.8's `loadgroup` does not group tests under pytest 9 here). To save a compilation
+    SILC / TIPS and the resolution switch start together at step 7."""
     from keras_siglip2.training.demo import run_demo
     from tests.training.pretrainer_helpers import fast_compilation
 

@@ -28,9 +28,8 @@ COS_MARGIN = 1e-5  # cosines this close may order differently in the two computa
 MAX_UNDECIDED = 0.1  # at most this share of undecided comparisons
 TEMPLATES = ["a photo of {}", "an image of {}"]  # caption templates of the dataset
 
-# The demo model is trained once per run (`tiny_demo_run`, tests/conftest.py) on the
-# worker that also runs the demo's smoke test.
-pytestmark = pytest.mark.xdist_group("tiny_demo")
+# The demo model comes from `tiny_demo_run` (tests/conftest.py), shared with the demo's
+# smoke test.
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,6 @@ def check_outputs(out_dir, summary):
     return written
 
 
-@pytest.mark.xdist_group("tiny_demo")
 def test_demo_smoke_run(tiny_demo_run):
     """8 steps (`tiny_demo_run`); SILC / TIPS and the resolution switch start together
     at step 7 here (the full curriculum is the large test's)."""
