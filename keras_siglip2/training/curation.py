@@ -187,7 +187,7 @@ class ActiveCurator:
     def select(self, learner_backbone, batch):
         """The curated training batch: every field of `batch` whose first axis is the
         super-batch size, gathered at `select_indices`; other fields unchanged."""
-        return self.gather(batch, self.select_indices(learner_backbone, batch))
+        return self.select_with_scores(learner_backbone, batch)[0]
 
     def select_with_scores(self, learner_backbone, batch):
         """(`select`'s batch, its indices (k,), the learnability (B,) of every example

@@ -64,6 +64,7 @@ from keras import ops
 
 from keras_siglip2.layers.logit_head import NORM_EPSILON
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder, image_size_pair
+from keras_siglip2.training.resize import resize_images
 
 # Loss-weight size factors for SILC / TIPS by vision width (B, L, So400m, g-opt).
 SIZE_FACTORS = {768: 0.25, 1024: 0.5, 1152: 1.0, 1536: 0.5}
@@ -798,8 +799,6 @@ class SigLIP2Pretrainer(keras.Model):
 
     def _at_model_resolution(self, images):
         """Resizes (B, H, W, 3) images to the tower's resolution when they differ."""
-        from keras_siglip2.training.resize import resize_images
-
         return resize_images(images, self.backbone.vision_encoder.image_size)
 
     def _random_parallel(self, batch_size):
@@ -842,7 +841,6 @@ class SigLIP2Pretrainer(keras.Model):
             update_center,
         )
         from keras_siglip2.training.masking import random_patch_mask
-        from keras_siglip2.training.resize import resize_images
 
         self.check_batch(inputs)
         vision = self.backbone.vision_encoder
@@ -895,11 +893,10 @@ class SigLIP2Pretrainer(keras.Model):
                 shape = ops.shape(local)
                 num_views = local.shape[1]
                 flat = ops.reshape(local, (-1, shape[2], shape[3], shape[4]))
-                if self.local_image_size is None:
-                    s_pooled = vision.get_pooled_and_tokens(self._at_model_resolution(flat))[0]
-                else:  # small crops, position embedding resized to their grid
-                    flat = resize_images(flat, self.local_image_size)
-                    s_pooled = vision.get_pooled_and_tokens(flat, any_resolution=True)[0]
+                # At the tower's own size `any_resolution` is the plain forward pass;
+                # at a smaller `local_image_size` the position embedding is resized.
+                flat = resize_images(flat, self.local_image_size or vision.image_size)
+                s_pooled = vision.get_pooled_and_tokens(flat, any_resolution=True)[0]
                 s_logits = self.silc_head(s_pooled)
                 s_logits = ops.reshape(s_logits, (batch_size, num_views, -1))
                 s_logits = ops.transpose(s_logits, (1, 0, 2))  # (V, B, K)
