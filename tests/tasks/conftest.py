@@ -24,31 +24,28 @@ def tiny_spm_proto():
     return train_sentencepiece(CORPUS + EXTRA_CORPUS)
 
 
+def _guides_smoke():
+    """guides/_smoke.py (the guides' offline stand-ins; not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "guides" / "_smoke.py"
+    spec = importlib.util.spec_from_file_location("guides_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_tiny_backbone(vocabulary_size, naflex=False, image_size=IMAGE_SIZE, num_layers=1,
                         seed=0):
-    """A random tiny backbone whose logits are spread out: the text head (zero at
-    init, as in big_vision) gets random values and b = 0, exp(t) = 10."""
-    import keras
-
-    from keras_siglip2.convert.common import build_backbone
-
-    keras.utils.set_random_seed(seed)
-    common = dict(patch_size=PATCH_SIZE, hidden_dim=WIDTH, num_layers=num_layers,
-                  num_heads=2, intermediate_dim=2 * WIDTH)
-    if naflex:
-        vision = dict(type="naflex", position_grid_size=4, max_num_patches=NAFLEX_MAX_PATCHES,
-                      **common)
-    else:
-        vision = dict(type="fixed", image_size=image_size, **common)
-    text = dict(vocabulary_size=vocabulary_size, hidden_dim=WIDTH, num_layers=1, num_heads=2,
-                intermediate_dim=2 * WIDTH, projection_dim=WIDTH,
-                max_sequence_length=SEQUENCE_LENGTH)
-    backbone = build_backbone(vision, text)
-    rng = np.random.RandomState(seed)
-    for v in backbone.text_encoder.head.weights:
-        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
-    backbone.logit_head.bias.assign(np.zeros((1,), "float32"))
-    return backbone
+    """The guides' tiny random backbone (`_smoke.tiny_backbone`: logits spread out, the
+    text head random and b = 0) at the tests' sizes."""
+    smoke = _guides_smoke()
+    assert (smoke.PATCH_SIZE, smoke.WIDTH, smoke.SEQUENCE_LENGTH) == (
+        PATCH_SIZE, WIDTH, SEQUENCE_LENGTH)
+    return smoke.tiny_backbone(vocabulary_size, naflex=naflex, image_size=image_size,
+                               max_num_patches=NAFLEX_MAX_PATCHES, num_layers=num_layers,
+                               seed=seed)
 
 
 def build_preprocessor(proto, backbone):
