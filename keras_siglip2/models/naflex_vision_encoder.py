@@ -237,6 +237,9 @@ class SigLIP2NaFlexVisionEncoder(ConfigAttributes, SigLIP2Tower):
         real = ops.cast(patch_mask, "bool")
         # Padding contents never matter: zero them (NaN * 0 would still be NaN).
         pixel_patches = ops.where(real[..., None], pixel_patches, 0.0)
+        # Valid positions are >= 0 (`check_inputs` refuses others eagerly); under jit,
+        # where values cannot be checked, a negative one must not turn into NaN.
+        patch_positions = ops.maximum(patch_positions, 0)
         x = self.patch_embedding(pixel_patches)
         x = self.position_grid(x, patch_positions, patch_mask)
         return self._run_encoder(x, key_mask=patch_mask)

@@ -261,30 +261,44 @@ def test_non_square_position_table_is_refused(hf, tmp_path):
 
 
 # ----------------------------------------------------------------- presets
-def test_naflex_presets_convert_from_transformers(hf, hf_backbones, tmp_path, monkeypatch):
-    """`from_preset("siglip2_base_patch16_naflex")`: download (faked: the tiny HF
-    directory stands in for hf://google/siglip2-base-patch16-naflex), from_transformers,
-    save, load: the loaded backbone is the one that reproduces HF above, bit for bit."""
+NAFLEX_PRESETS = {  # name -> (HF repo, big_vision file)
+    "siglip2_base_patch16_naflex": (
+        "hf://google/siglip2-base-patch16-naflex",
+        "gs://big_vision/siglip2/siglip2_b16_naflex.npz",
+    ),
+    "siglip2_so400m_patch16_naflex": (
+        "hf://google/siglip2-so400m-patch16-naflex",
+        "gs://big_vision/siglip2/siglip2_so400m16_naflex.npz",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAFLEX_PRESETS))
+def test_naflex_presets_convert_from_transformers(name, hf, hf_backbones, tmp_path, monkeypatch):
+    """`from_preset(name)`: download (faked: the tiny HF directory stands in for the
+    preset's hf:// repo), from_transformers, save, load: the loaded backbone is the one
+    that reproduces HF above, bit for bit."""
     _, path, _ = hf
     handles = []
     monkeypatch.setenv(presets.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(presets, "download_source", lambda h: handles.append(h) or str(path))
-    backbone = SigLIP2Backbone.from_preset("siglip2_base_patch16_naflex")
-    assert handles == ["hf://google/siglip2-base-patch16-naflex"]
+    backbone = SigLIP2Backbone.from_preset(name)
+    assert handles == [NAFLEX_PRESETS[name][0]]
     assert isinstance(backbone.vision_encoder, SigLIP2NaFlexVisionEncoder)
     assert_same_model(backbone, hf_backbones["object"])
 
 
-def test_naflex_presets_convert_from_big_vision(bv, tmp_path, monkeypatch):
-    """The same through the big_vision source: the loaded backbone is bit for bit the
-    one checked against the fixture above."""
+@pytest.mark.parametrize("name", sorted(NAFLEX_PRESETS))
+def test_naflex_presets_convert_from_big_vision(name, bv, tmp_path, monkeypatch):
+    """The same through the big_vision .npz source: the loaded backbone is bit for bit
+    the one checked against the fixture above."""
     _, _, converted = bv
     handles = []
     monkeypatch.setenv(presets.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(
         presets, "download_source", lambda h: handles.append(h) or str(fixture_path("naflex_b"))
     )
-    directory = presets.resolve_preset("siglip2_so400m_patch16_naflex", source="big_vision")
-    assert handles == ["gs://big_vision/siglip2/siglip2_so400m16_naflex.npz"]
+    directory = presets.resolve_preset(name, source="big_vision")
+    assert handles == [NAFLEX_PRESETS[name][1]]
     backbone = SigLIP2Backbone.from_preset(directory)
     assert_same_model(backbone, converted)

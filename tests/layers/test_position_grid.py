@@ -102,6 +102,34 @@ def test_rows_are_always_finite_and_normalized():
         np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_small_grids_match_reference(size):
+    """Grids smaller than the released 16 x 16 (the encoder accepts any
+    position_grid_size >= 1), up- and down-sampled, in one jitted batch."""
+    grid = np.random.default_rng(size).normal(size=(size, size, 4)).astype("float32")
+    shapes = [(2, 5), (1, 7), (3, 3), (5, 1)]
+    n = max(h * w for h, w in shapes)
+    positions = np.zeros((len(shapes), n, 2), "int32")
+    mask = np.zeros((len(shapes), n), "int32")
+    for b, (h, w) in enumerate(shapes):
+        positions[b, : h * w], mask[b, : h * w] = grid_positions(h, w), 1
+    out = np.asarray(jax.jit(position_embeddings)(grid, positions, mask))
+    for b, (h, w) in enumerate(shapes):
+        ref = reference_resize(grid, h, w).reshape(h * w, -1)
+        np.testing.assert_allclose(out[b, : h * w], ref, atol=2e-6, rtol=0)
+
+
+def test_invalid_positions_under_jit_stay_finite(grid16):
+    """Traced values cannot be checked (the encoder refuses them eagerly); negative or
+    huge positions must still give finite embeddings, never NaN."""
+    positions = np.tile(grid_positions(4, 6)[None], (3, 1, 1))
+    positions[0, 0] = (-5, 3)
+    positions[1, :2] = ((-1, -1), (2, -7))
+    positions[2, 5] = (10**6, 2**20)
+    out = np.asarray(jax.jit(position_embeddings)(grid16, positions, np.ones((3, 24), "int32")))
+    assert np.isfinite(out).all()
+
+
 def make_layer(grid):
     layer = SigLIP2PositionGrid(grid.shape[0], grid.shape[-1])
     layer.build()

@@ -197,6 +197,38 @@ def test_input_validation(model, inputs):
         SigLIP2NaFlexVisionEncoder(**{**CONFIG, "max_num_patches": 0})
 
 
+def test_bad_values_under_jit_never_give_nan(forward, inputs):
+    """Under jit the values cannot be checked (no error is possible there), but bad
+    positions / masks must still not produce NaN or inf; the images whose inputs are
+    untouched keep their embeddings (within 1e-5)."""
+    base = np.asarray(forward(inputs))
+    mask, pos = inputs["patch_mask"], inputs["patch_positions"]
+    negative = np.array(pos)
+    negative[0, :3] = ((-5, 3), (-1, -1), (2, -7))  # image 0: positions outside the grid
+    huge = np.array(pos)
+    huge[4, 2] = (10**6, 3)  # image 4: a position far outside the grid
+    no_real = np.array(mask)
+    no_real[2] = 0  # image 2: no real patch at all
+    disagree = np.array(mask)
+    disagree[3, -1] = 1 - disagree[3, -1]  # image 3: mask disagrees with the positions
+    nan_padding = np.array(inputs["pixel_patches"])
+    nan_padding[1, mask[1] == 0] = np.nan  # image 1: NaN in its padding (ignored)
+    cases = {
+        "negative positions": (bad(inputs, patch_positions=negative), 0),
+        "huge position": (bad(inputs, patch_positions=huge), 4),
+        "all-padding image": (bad(inputs, patch_mask=no_real), 2),
+        "mask vs positions": (bad(inputs, patch_mask=disagree), 3),
+    }
+    assert (mask[1] == 0).any()
+    for name, (case, b) in cases.items():
+        out = np.asarray(forward(case))
+        assert np.isfinite(out).all(), name
+        others = np.arange(len(out)) != b
+        np.testing.assert_allclose(out[others], base[others], atol=TOL, err_msg=name)
+    out = np.asarray(forward(bad(inputs, pixel_patches=nan_padding)))
+    np.testing.assert_allclose(out, base, atol=TOL)
+
+
 def test_config_round_trip(model, forward, inputs):
     config = model.get_config()
     for key, value in CONFIG.items():

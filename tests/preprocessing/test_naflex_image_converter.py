@@ -115,6 +115,11 @@ def test_tf_data_matches_eager(rng):
 
     signature = tf.TensorSpec((None, None, 3), tf.uint8)
     per_image = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    # Static shapes per sequence length: every image of any size gives the same
+    # fully-defined element spec, so plain `.batch` works and XLA sees one shape.
+    spec = per_image.map(converter).element_spec
+    assert spec["pixel_patches"].shape == (20, 48) and spec["patch_mask"].shape == (20,)
+    assert spec["patch_positions"].shape == (20, 2)
     batches = list(per_image.map(converter).batch(3).as_numpy_iterator())
     assert len(batches) == 1
     ragged = tf.ragged.stack([tf.constant(x) for x in images])
@@ -138,8 +143,10 @@ def test_channel_conversion(rng):
     }
     for name, (image, expected) in cases.items():
         got = as_numpy(converter(image))
+        in_graph = tf.data.Dataset.from_tensors(image).map(converter).get_single_element()
         for key in got:
             np.testing.assert_array_equal(got[key], expected[key], err_msg=name)
+            np.testing.assert_array_equal(in_graph[key].numpy(), expected[key], err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +174,7 @@ def test_bad_images_in_tf_data_fail_clearly():
     converter = SigLIP2NaFlexImageConverter(patch_size=4, max_num_patches=16)
     for image, message in (
         (np.zeros((1, 1, 3), "uint8"), "single pixel"),
+        (np.zeros((0, 7, 3), "uint8"), "empty or a single pixel"),
         (np.zeros((6, 6, 5), "uint8"), "1 \\(gray\\), 2 .* or 4 \\(RGBA\\) channels"),
     ):
         dataset = tf.data.Dataset.from_tensors(image).map(converter)
@@ -204,4 +212,12 @@ def test_inputs_from_transformers_layout(rng):
     with pytest.raises(ValueError, match="spatial_shapes"):
         naflex_inputs_from_transformers(
             ours["pixel_patches"], spatial_shapes * 2, ours["patch_mask"]
+        )
+    disagree = ours["patch_mask"].copy()
+    disagree[1, 0] = 0  # a mask that disagrees with spatial_shapes
+    with pytest.raises(ValueError, match="pixel_attention_mask"):
+        naflex_inputs_from_transformers(ours["pixel_patches"], spatial_shapes, disagree)
+    with pytest.raises(ValueError, match="got shapes"):  # mismatched lengths
+        naflex_inputs_from_transformers(
+            ours["pixel_patches"][:, :-1], spatial_shapes, ours["patch_mask"]
         )
