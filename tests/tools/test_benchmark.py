@@ -85,6 +85,10 @@ def test_quick_run_all_rows(tmp_path):
     report = check_report(tmp_path, list(tool.ROWS))
     naflex = {e["label"]: e for e in report["rows"]["naflex"]["entries"]}
     assert naflex["resize: same embeddings, batched vs loop"]["value"] < 1e-5
+    assert naflex["resize: batched time / output-size floor time"]["ratio"] > 0
+    training = {e["label"]: e for e in report["rows"]["training"]["entries"]}
+    work = training["full-recipe / sigmoid-only step FLOPs (XLA cost analysis)"]
+    assert work["ratio"] > 1.5  # LocCa, SILC and TIPS add passes over the image tower
 
 
 def test_unknown_row_is_a_clear_error(tmp_path):
