@@ -23,6 +23,9 @@ test-large: $(STAMP)
 demo: $(STAMP)
 	KERAS_BACKEND=jax $(VENV)/bin/siglip2 demo --out demo_out
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check keras_siglip2 tools tests guides/_smoke.py setup.py
+
 bench: $(STAMP)
 	KERAS_BACKEND=jax $(PY) tools/benchmark.py
 

@@ -184,11 +184,21 @@ def _registry():
     return {name: raw[name] for name in known + extra}
 
 
+class PresetListing(dict):
+    """What `list_presets()` returns: an ordered dict name -> metadata that prints
+    (and shows in a REPL or notebook) as the table of `format_presets_table`."""
+
+    def __repr__(self):
+        return format_presets_table(self) + "\n(a dict: name -> metadata)"
+
+    __str__ = __repr__
+
+
 def list_presets():
     """Every known preset: an ordered dict name -> metadata (a copy: editing it
-    changes nothing here). Fields: name, description, architecture, sources, params,
-    paper_metrics."""
-    return copy.deepcopy(_registry())
+    changes nothing here) that prints as a table. Fields: name, description,
+    architecture, sources, params, paper_metrics."""
+    return PresetListing(copy.deepcopy(_registry()))
 
 
 def preset_names():
@@ -253,13 +263,14 @@ def _resolution(vision):
 _SOURCE_ABBREVIATIONS = (("transformers", "hf"), ("big_vision", "bv"), ("keras_hub", "kaggle"))
 
 
-def format_presets_table():
-    """A plain-text table of every preset (used by `siglip2 presets`): name, tower
-    type, resolution, parameters (millions), the paper's ImageNet-1k zero-shot top-1
-    and the available sources."""
+def format_presets_table(presets=None):
+    """A plain-text table of `presets` (name -> metadata; default: every preset), as
+    `siglip2 presets` and `list_presets()` print it: name, tower type, resolution,
+    parameters (millions), the paper's ImageNet-1k zero-shot top-1 and the available
+    sources."""
     headers = ("name", "type", "resolution", "params (M)", "IN-1k 0-shot", "sources")
     rows = []
-    for name, metadata in _registry().items():
+    for name, metadata in (_registry() if presets is None else presets).items():
         vision = metadata["architecture"]["vision"]
         total = count_params(metadata["architecture"])["total"]
         top1 = (metadata.get("paper_metrics") or {}).get("imagenet_1k_zero_shot_top1")

@@ -160,7 +160,7 @@ def test_classify(ws, model):
     ))
     out = json.loads(proc.stdout)
     # The unreadable file is skipped, said so in one line, and the rest classified.
-    warnings_ = [l for l in siglip2_lines(proc.stderr) if "warning" in l]
+    warnings_ = [line for line in siglip2_lines(proc.stderr) if "warning" in line]
     assert len(warnings_) == 1 and "img02_broken.png" in warnings_[0]
     assert [s["image"].endswith("img02_broken.png") for s in out["skipped"]] == [True]
     assert [r["image"] for r in out["results"]] == ws["images"]
@@ -542,8 +542,8 @@ def test_only_unreadable_images(ws, capsys):
     code = cli.main(["classify", str(broken), "--labels", "a,b", "--preset", ws["preset"]])
     lines = siglip2_lines(capsys.readouterr().err)
     assert code == 1
-    errors = [l for l in lines if l.startswith("siglip2: error:")]
-    warnings_ = [l for l in lines if l.startswith("siglip2: warning:")]
+    errors = [line for line in lines if line.startswith("siglip2: error:")]
+    warnings_ = [line for line in lines if line.startswith("siglip2: warning:")]
     assert len(errors) == 1 and "None of the 1 images could be read" in errors[0]
     assert len(warnings_) == 1 and "img02_broken.png" in warnings_[0]
     assert len(lines) == 2

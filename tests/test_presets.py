@@ -494,3 +494,62 @@ def test_image_converter_for_architecture(name):
     else:
         assert isinstance(converter, SigLIP2NaFlexImageConverter)
         assert converter.patch_size == 16 and converter.max_num_patches == 256
+
+
+# ---------------------------------------------------------------------------
+# The table as printed by `list_presets()` and `siglip2 presets`; the wheel.
+# ---------------------------------------------------------------------------
+
+
+def test_list_presets_prints_as_a_table():
+    listed = presets.list_presets()
+    assert isinstance(listed, dict) and list(listed) == EXPECTED
+    assert repr(listed).startswith(presets.format_presets_table())
+    assert str(listed) == repr(listed)
+    assert json.loads(json.dumps(listed)) == dict(listed)
+    # The table shows what the listing holds.
+    del listed["siglip2_base_patch16_224"]
+    assert "siglip2_base_patch16_224 " not in repr(listed)
+    assert "siglip2_base_patch16_256 " in repr(listed)
+
+
+def test_siglip2_presets_prints_the_table(capsys):
+    from keras_siglip2 import cli
+
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert out == presets.format_presets_table() + "\n"
+    for name in EXPECTED:
+        assert f"\n{name} " in out
+
+
+def test_wheel_carries_the_presets(tmp_path):
+    """`pip wheel` (no build isolation, nothing downloaded) on a copy of the sources:
+    every presets/*.json is inside the wheel as keras_siglip2/preset_data/, unchanged."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    pytest.importorskip("setuptools", reason="building a wheel needs setuptools")
+    root = presets.REPO_PRESET_DIR.parent
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy(root / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "preset_data")
+    shutil.copytree(root / "keras_siglip2", src / "keras_siglip2", ignore=ignore)
+    shutil.copytree(root / "presets", src / "presets")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation",
+         "--no-index", "-q", "-w", str(tmp_path / "dist")],
+        cwd=src, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("keras_siglip2-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = {n.rsplit("/", 1)[1]: archive.read(n) for n in archive.namelist()
+                  if n.startswith("keras_siglip2/preset_data/")}
+        assert "keras_siglip2/cli.py" in archive.namelist()
+    assert sorted(packed) == sorted(f"{name}.json" for name in EXPECTED)
+    for name in EXPECTED:
+        assert packed[f"{name}.json"] == (root / "presets" / f"{name}.json").read_bytes()

@@ -954,7 +954,6 @@ def row_training(cfg, ctx):
         "as DINO / SILC students do; the input pipeline makes the same crops) + TIPS, "
         "after start_self_distillation() (the 80 % stage); LocCa fields are random token "
         "ids.")
-    del kh, ours
     free_memory()
     return entries
 
@@ -1098,7 +1097,6 @@ def row_loss_memory(cfg, ctx):
     for batch in spec["batches"]:
         emb = jax.ShapeDtypeStruct((batch, d), np.float32)
         scalar = jax.ShapeDtypeStruct((), np.float32)
-        logits_mib = batch * batch * 4 / 2 ** 20
         for name, fn in forms.items():
             grad = jax.value_and_grad(fn, argnums=(0, 1, 2, 3))
             temp, total = compiled_memory(grad, emb, emb, scalar, scalar)

@@ -3,6 +3,8 @@
 move over without re-downloading the original checkpoints. Maps weights only; the model
 is SigLIP 2's two towers (paper sec. 2)."""
 
+import os
+
 import numpy as np
 
 from keras_siglip2.convert.common import (
@@ -55,6 +57,39 @@ def _blocks(src, dst, depth):
     return arrays
 
 
+_WEIGHT_FILES = ("model.weights.h5", "model.weights.json")
+_HANDLE_SCHEMES = ("kaggle://", "hf://", "gs://", "modelscope://")
+
+
+def _load_keras_hub_preset(preset):
+    """keras-hub's `SigLIPBackbone.from_preset`, with clear errors for a local
+    directory that is missing, has no weights file, or has a truncated / corrupt one."""
+    import keras_hub
+
+    cls = keras_hub.models.SigLIPBackbone
+    local = not preset.startswith(_HANDLE_SCHEMES) and preset not in cls.presets
+    if local:
+        if not os.path.isdir(preset):
+            raise FileNotFoundError(
+                f"keras-hub preset {preset!r} not found: expected a local keras-hub preset "
+                "directory, a kaggle:// handle or a keras-hub SigLIP preset name (e.g. "
+                "'siglip2_base_patch16_224')."
+            )
+        if not any(os.path.exists(os.path.join(preset, n)) for n in _WEIGHT_FILES):
+            raise FileNotFoundError(
+                f"keras-hub preset directory {preset} has no weights: expected "
+                "model.weights.h5 (or a sharded model.weights.json)."
+            )
+    try:
+        return cls.from_preset(preset)
+    except OSError as e:
+        if not local or type(e) is not OSError:  # h5py's error for an unreadable file
+            raise
+        raise CheckpointError(
+            f"Cannot read the weights of keras-hub preset {preset} (truncated or corrupt?): {e}"
+        ) from e
+
+
 def from_keras_hub(backbone_or_preset, dtype=None):
     """A `SigLIP2Backbone` from a keras-hub `SigLIPBackbone` object or preset
     (e.g. "siglip2_base_patch16_224" from keras-hub's own registry, a `kaggle://`
@@ -62,8 +97,10 @@ def from_keras_hub(backbone_or_preset, dtype=None):
     import keras_hub
 
     source = backbone_or_preset
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if isinstance(source, str):
-        source = keras_hub.models.SigLIPBackbone.from_preset(source)
+        source = _load_keras_hub_preset(source)
     if not isinstance(source, keras_hub.models.SigLIPBackbone):
         raise CheckpointError(
             f"Expected a keras_hub SigLIPBackbone or its preset; got {type(source).__name__}."

@@ -138,7 +138,17 @@ class SigLIP2Backbone(Backbone):
                     "(or a sharded model.weights.json). Pass load_weights=False for a "
                     "randomly initialized model."
                 )
-        return super().from_preset(preset, load_weights, **kwargs)
+        try:
+            return super().from_preset(preset, load_weights, **kwargs)
+        except OSError as e:  # h5py's plain OSError: an unreadable weights file
+            if type(e) is not OSError or not os.path.isdir(preset):
+                raise
+            from keras_siglip2.convert.common import CheckpointError
+
+            raise CheckpointError(
+                f"Cannot read the weights of preset {preset} (truncated or corrupt "
+                f"model.weights.h5?): {e}. Convert or download the preset again."
+            ) from e
 
     def get_config(self):
         config = super().get_config()

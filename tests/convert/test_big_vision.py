@@ -1,7 +1,5 @@
 """from_big_vision against the official big_vision numbers (../shared/fixtures)."""
 
-import json
-import zipfile
 
 import numpy as np
 import pytest

@@ -47,3 +47,31 @@ def _via_preset(source, tmp_path):
 def test_refuses_other_models():
     with pytest.raises(CheckpointError, match="Expected a keras_hub SigLIPBackbone"):
         from_keras_hub(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_bad_keras_hub_presets(tmp_path):
+    """A missing directory, a preset without weights, truncated weights and a
+    preset of another class: each one clear error."""
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="keras-hub preset '.*nowhere' not found"):
+        from_keras_hub(str(tmp_path / "nowhere"))
+    good = tmp_path / "kh"
+    tiny_keras_hub_backbone().save_to_preset(str(good))
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(good, no_weights)
+    (no_weights / "model.weights.h5").unlink()
+    with pytest.raises(FileNotFoundError, match="has no weights: expected model.weights.h5"):
+        from_keras_hub(no_weights)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(good, truncated)
+    data = (good / "model.weights.h5").read_bytes()
+    (truncated / "model.weights.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        from_keras_hub(str(truncated))
+    from tests.conftest import tiny_backbone
+
+    ours = tmp_path / "ours"
+    tiny_backbone(image_size=16, vision_width=32, text_width=32).save_to_preset(str(ours))
+    with pytest.raises(ValueError, match="SigLIP2Backbone"):
+        from_keras_hub(str(ours))

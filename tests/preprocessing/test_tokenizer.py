@@ -117,6 +117,20 @@ def test_multilingual_text_is_known_and_round_trips(tokenizer):
     assert list(decoded) == [t.lower() for t in texts]
 
 
+def test_ids_equal_sentencepiece_on_every_script(tokenizer, spm_processor):
+    """Accented Latin, CJK, Devanagari, mixed case, empty and over-long texts: each
+    row is SentencePiece's ids of the lowercased text, cut to L - 1, then EOS, then
+    <pad> (the reference computed here with the sentencepiece library itself)."""
+    texts = CORPUS + MIXED_TEXTS + [" ".join(CORPUS[8:])]
+    got = np.asarray(tokenizer(texts))
+    for text, row in zip(texts, got):
+        ids = spm_processor.encode(text.lower())[: SEQUENCE_LENGTH - 1] + [EOS]
+        expected = ids + [PAD] * (SEQUENCE_LENGTH - len(ids))
+        np.testing.assert_array_equal(row, expected, err_msg=text)
+    ds = tf.data.Dataset.from_tensor_slices(texts).batch(4).map(tokenizer)
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in ds]), got)
+
+
 def test_punctuation_is_kept(tokenizer):
     with_punct = np.asarray(tokenizer("a cat, on the grass!"))
     without = np.asarray(tokenizer("a cat on the grass"))

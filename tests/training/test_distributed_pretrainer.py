@@ -167,7 +167,7 @@ def test_bad_meshes_fail_before_any_work(layouts):
     assert "must divide the attention heads of the vision_encoder (num_heads=4)" \
         in errors["setup_heads"]
     for name, devices in (("fit_batch_data", 8), ("fit_batch_2x4", 4)):
-        assert f"global batch size 6 of an input of shape (6, " in errors[name], errors[name]
+        assert "global batch size 6 of an input of shape (6, " in errors[name], errors[name]
         assert f"'batch' axis of the mesh ({devices} devices)" in errors[name], errors[name]
         assert errors[name + "_traced"] is False  # the train step was never traced
     assert "'locca_decoder/logits/kernel' of shape (64, 1020)" in errors["decoder_vocabulary"]
