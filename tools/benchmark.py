@@ -73,7 +73,7 @@ FULL = {
                  "text": dict(vocabulary_size=32000, hidden_dim=192, num_layers=6,
                               num_heads=3, intermediate_dim=768, projection_dim=192,
                               max_sequence_length=64),
-                 "batch": 8, "repeats": 3, "local_crops": 8, "local_image_size": 96,
+                 "batch": 8, "repeats": 5, "local_crops": 8, "local_image_size": 96,
                  "pipeline_images": 64,
                  "source_size": 256, "pipeline_batches": 4},
     "loss_memory": {"batches": [4096, 16384], "dim": 768, "chunk_size": 1024},
