@@ -1,8 +1,10 @@
 """What every checkpoint converter shares: building a backbone from inferred sizes,
 assigning a {variable path: array} map with shape checks and a completeness check, and
 writing a preset directory atomically (a failed conversion never leaves a half-written
-preset)."""
+preset), and loading a Keras preset directory with clear errors for missing or unreadable
+weights."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -12,6 +14,33 @@ import numpy as np
 
 class CheckpointError(ValueError):
     """A checkpoint that is not a SigLIP 2 model, or is incomplete or corrupt."""
+
+
+PRESET_WEIGHT_FILES = ("model.weights.h5", "model.weights.json")
+
+
+def require_preset_weights(directory, what="Preset directory", hint=""):
+    """Raises FileNotFoundError if the preset `directory` holds no weights file."""
+    if not any(os.path.exists(os.path.join(directory, n)) for n in PRESET_WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"{what} {directory} has no weights: expected model.weights.h5 (or a sharded "
+            f"model.weights.json).{hint}"
+        )
+
+
+@contextlib.contextmanager
+def readable_preset_weights(preset, what="preset", hint=""):
+    """Around a `from_preset` call: h5py's plain OSError for a truncated or corrupt
+    weights file of a local preset directory becomes a `CheckpointError` naming it."""
+    try:
+        yield
+    except OSError as e:
+        if type(e) is not OSError or not os.path.isdir(preset):
+            raise
+        raise CheckpointError(
+            f"Cannot read the weights of {what} {preset} (truncated or corrupt "
+            f"model.weights.h5?): {e}.{hint}"
+        ) from e
 
 
 def build_backbone(vision, text, dtype=None):

@@ -14,6 +14,8 @@ from keras_siglip2.convert.common import (
     build_backbone,
     dense_arrays,
     layer_norm_arrays,
+    readable_preset_weights,
+    require_preset_weights,
 )
 
 
@@ -57,7 +59,6 @@ def _blocks(src, dst, depth):
     return arrays
 
 
-_WEIGHT_FILES = ("model.weights.h5", "model.weights.json")
 _HANDLE_SCHEMES = ("kaggle://", "hf://", "gs://", "modelscope://")
 
 
@@ -75,19 +76,9 @@ def _load_keras_hub_preset(preset):
                 "directory, a kaggle:// handle or a keras-hub SigLIP preset name (e.g. "
                 "'siglip2_base_patch16_224')."
             )
-        if not any(os.path.exists(os.path.join(preset, n)) for n in _WEIGHT_FILES):
-            raise FileNotFoundError(
-                f"keras-hub preset directory {preset} has no weights: expected "
-                "model.weights.h5 (or a sharded model.weights.json)."
-            )
-    try:
+        require_preset_weights(preset, what="keras-hub preset directory")
+    with readable_preset_weights(preset, what="keras-hub preset"):
         return cls.from_preset(preset)
-    except OSError as e:
-        if not local or type(e) is not OSError:  # h5py's error for an unreadable file
-            raise
-        raise CheckpointError(
-            f"Cannot read the weights of keras-hub preset {preset} (truncated or corrupt?): {e}"
-        ) from e
 
 
 def from_keras_hub(backbone_or_preset, dtype=None):

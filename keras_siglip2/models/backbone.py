@@ -129,26 +129,20 @@ class SigLIP2Backbone(Backbone):
         directory, or a `kaggle://` / `hf://` / `gs://` handle."""
         from keras_siglip2.presets import resolve_preset
 
+        from keras_siglip2.convert.common import (
+            readable_preset_weights,
+            require_preset_weights,
+        )
+
         preset = resolve_preset(preset)
         if load_weights and os.path.isdir(preset):
-            names = ("model.weights.h5", "model.weights.json")
-            if not any(os.path.exists(os.path.join(preset, n)) for n in names):
-                raise FileNotFoundError(
-                    f"Preset directory {preset} has no weights: expected model.weights.h5 "
-                    "(or a sharded model.weights.json). Pass load_weights=False for a "
-                    "randomly initialized model."
-                )
-        try:
+            require_preset_weights(
+                preset, hint=" Pass load_weights=False for a randomly initialized model."
+            )
+        with readable_preset_weights(
+            preset, hint=" Convert or download the preset again."
+        ):
             return super().from_preset(preset, load_weights, **kwargs)
-        except OSError as e:  # h5py's plain OSError: an unreadable weights file
-            if type(e) is not OSError or not os.path.isdir(preset):
-                raise
-            from keras_siglip2.convert.common import CheckpointError
-
-            raise CheckpointError(
-                f"Cannot read the weights of preset {preset} (truncated or corrupt "
-                f"model.weights.h5?): {e}. Convert or download the preset again."
-            ) from e
 
     def get_config(self):
         config = super().get_config()
