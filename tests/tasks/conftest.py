@@ -2,6 +2,8 @@
 random fixed-resolution and NaFlex backbones with their preprocessors, tiny preset
 directories (also used by tests/test_cli.py) and small PNG files. All offline."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -24,8 +26,10 @@ def tiny_spm_proto():
     return train_sentencepiece(CORPUS + EXTRA_CORPUS)
 
 
+@functools.cache
 def _guides_smoke():
-    """guides/_smoke.py (the guides' offline stand-ins; not part of the package)."""
+    """guides/_smoke.py (the guides' offline stand-ins; not part of the package), loaded
+    once."""
     import importlib.util
     from pathlib import Path
 
