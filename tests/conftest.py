@@ -1,5 +1,6 @@
-"""Shared test fixtures: the big_vision reference numbers in ../shared/fixtures, tiny
-random models, and a helper to run code under another Keras backend in a subprocess."""
+"""Shared test fixtures: the reference numbers in tests/fixtures (big_vision outputs and
+real photos through the official preprocessing), tiny random models, and a helper to run
+code under another Keras backend in a subprocess."""
 
 import json
 import os
@@ -11,17 +12,24 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "big_vision"
+FIXTURES = ROOT / "tests" / "fixtures" / "big_vision"
+REAL_PHOTOS = ROOT / "tests" / "fixtures" / "real_images" / "real_photos_pp.npz"
 
 
 def fixture_path(name):
     path = FIXTURES / f"{name}.npz"
     if not path.exists():
         raise FileNotFoundError(
-            f"Reference fixture {path} is missing: the tests expect ../shared/fixtures "
-            "beside the repository."
+            f"Reference fixture {path} is missing: it is part of the repository "
+            "(tests/fixtures, see its README)."
         )
     return path
+
+
+def load_real_photos():
+    """The real-photo reference set (tests/fixtures/README.md): a dict of arrays."""
+    with np.load(REAL_PHOTOS) as npz:
+        return {key: npz[key] for key in npz.files}
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""from_big_vision against the official big_vision numbers (../shared/fixtures)."""
+"""from_big_vision against the official big_vision numbers (tests/fixtures)."""
 
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""NaFlex checkpoints through the converters: big_vision's `naflex_vit` (shared fixture
+"""NaFlex checkpoints through the converters: big_vision's `naflex_vit` (fixture
 naflex_b.npz, whole backbone), a random tiny Hugging Face `Siglip2Model` (directory and
 live object, a batch mixing aspect ratios, an 80 x 12 grid), the released configs'
 omitted defaults, and the preset path (`fetch_preset`) for both NaFlex sources."""

@@ -1,4 +1,4 @@
-"""SigLIP2NaFlexVisionEncoder against big_vision's `naflex_vit` (shared fixture
+"""SigLIP2NaFlexVisionEncoder against big_vision's `naflex_vit` (fixture
 naflex_b.npz), plus padding / batching / jit / backend properties and input checks."""
 
 import os

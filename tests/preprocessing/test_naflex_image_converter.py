@@ -14,8 +14,8 @@ from keras_siglip2.preprocessing.naflex_image_converter import (
 )
 from tests.conftest import fixture_path
 
-# big_vision `resize_to_sequence` (input hw, patch, max patches -> output hw), from
-# ../shared/DESIGN.md.
+# big_vision `resize_to_sequence` (input hw, patch, max patches -> output hw), as
+# recorded in docs/reference_facts.md.
 REFERENCE_SIZES = [
     ((48, 48), 3, 121, (33, 33)),
     ((112, 109), 7, 225, (105, 105)),
