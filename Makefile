@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 tests
+	KERAS_BACKEND=jax $(PY) -m pytest -q -rs --durations=15 -n 2 tests
 
 test-large: $(STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 -m large tests
+	KERAS_BACKEND=jax $(PY) -m pytest -q -rs --durations=15 -n 2 -m large tests
 
 demo: $(STAMP)
 	KERAS_BACKEND=jax $(VENV)/bin/siglip2 demo --out demo_out

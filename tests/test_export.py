@@ -13,6 +13,9 @@ import pytest
 from tests.conftest import ROOT, run_in_backend, tiny_backbone
 
 TOLERANCE = 1e-4  # float32 embeddings and logits
+# The interpreter the LiteRT files run on: ai-edge-litert, which the [test] extra installs
+# (no fallback to tf.lite: if LiteRT cannot be imported, the test fails).
+INTERPRETER = "ai_edge_litert"
 
 NAFLEX_VISION = dict(type="naflex", patch_size=8, hidden_dim=32, num_layers=1, num_heads=2,
                      intermediate_dim=64, max_num_patches=16)
@@ -44,14 +47,13 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import numpy as np
 import tensorflow as tf
-try:
+work, interpreter_name = sys.argv[1], sys.argv[2]
+if interpreter_name == "ai_edge_litert":
     from ai_edge_litert.interpreter import Interpreter
-    interpreter_name = "ai_edge_litert"
-except ImportError:
+elif interpreter_name == "tf.lite":
     Interpreter = tf.lite.Interpreter
-    interpreter_name = "tf.lite"
-
-work = sys.argv[1]
+else:
+    raise SystemExit(f"unknown interpreter {interpreter_name!r}")
 data = dict(np.load(f"{work}/inputs.npz"))
 diffs = {}
 
@@ -161,7 +163,7 @@ def exported(tmp_path_factory):
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    proc = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(work)], env=env,
+    proc = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(work), INTERPRETER], env=env,
                           capture_output=True, text=True, timeout=600, cwd=str(work))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -173,6 +175,7 @@ def test_outputs_equal_the_keras_model_in_a_fresh_process(exported):
     expected = {f"{kind}_{what}" for kind in ("fixed", "naflex") for what in (
         "saved_model_images", "saved_model_texts", "saved_model_logits",
         "saved_model_probabilities", "litert_images")} | {"fixed_litert_texts"}
+    assert exported["interpreter"] == INTERPRETER  # the LiteRT files ran on LiteRT itself
     assert set(exported["diffs"]) == expected
     for name, value in exported["diffs"].items():
         assert value <= TOLERANCE, (name, value, exported["interpreter"])
