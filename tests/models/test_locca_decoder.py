@@ -134,11 +134,20 @@ def test_config_round_trip_and_jit():
 
 
 def test_mixed_precision():
+    """mixed_bfloat16: bfloat16 compute, float32 weights; with the float32 decoder's
+    weights its logits are within 6e-2 of the float32 decoder's (measured: 2.4e-2, the
+    logits reaching 2.8 in magnitude; bfloat16 keeps 8 significant bits)."""
     decoder = _decoder(dtype="mixed_bfloat16", num_layers=1)
-    ids, image = _inputs()
-    logits = decoder(ids, image, parallel=np.array([1, 0, 1]))
+    reference = _decoder(num_layers=1)
+    decoder.set_weights(reference.get_weights())
     assert decoder.blocks[0].self_attention.qkv_dense.compute_dtype == "bfloat16"
-    assert np.all(np.isfinite(np.asarray(logits, "float32")))
+    assert decoder.blocks[0].self_attention.qkv_dense.kernel.dtype == "float32"
+    ids, image = _inputs()
+    parallel = np.array([1, 0, 1])
+    logits = np.asarray(decoder(ids, image, parallel=parallel)).astype("float32")
+    expected = np.asarray(reference(ids, image, parallel=parallel))
+    err = np.abs(logits - expected).max()
+    assert 0 < err <= 6e-2, err  # > 0: bfloat16 really ran
 
 
 def test_locca_decoder_for_text_tower_and_backbone():
