@@ -308,12 +308,39 @@ def test_small_local_crops():
 
 
 def test_config_round_trip():
-    p = make(locca=True, chunk_size=2, loss_weights={"tips": 0.5})
+    """from_config(get_config()) through JSON, given the original's weights, computes
+    the original's loss terms on the same batch (every term and weight equal: one
+    computation on equal inputs), with the configured settings: the total is the terms
+    weighted by the configured weights (TIPS 0.5, not the default 0.25; rel 1e-6,
+    float32 sums), and the configured temperatures change the SILC / TIPS terms."""
+    settings = dict(locca=True, chunk_size=2, loss_weights={"tips": 0.5},
+                    student_temperature=0.2, teacher_temperature=0.05)
+    p = make(**settings)
     config = json.loads(json.dumps(p.get_config()))
     q = SigLIP2Pretrainer.from_config(config)
     assert q.loss_weights == p.loss_weights and q.chunk_size == 2
     assert q.teacher_momentum == MOMENTUM and q.head_dims == p.head_dims
     assert [tuple(v.shape) for v in q.weights] == [tuple(v.shape) for v in p.weights]
+    p.start_self_distillation()
+    q.set_weights(p.get_weights())
+    q.sync_stage_from_variables()
+    batch = tiny_batch(fixed_random=True)
+    ours = {k: float(numpy(v)) for k, v in p(batch, training=False).items()}
+    theirs = {k: float(numpy(v)) for k, v in q(batch, training=False).items()}
+    assert ours == theirs
+    weights = {"sigmoid": 1.0, "locca": 1.0, "silc": 1.0, "tips": 0.5}  # paper's, tips set
+    assert {t: ours[f"{t}_weight"] for t in TERMS} == weights
+    assert ours["loss"] == pytest.approx(sum(w * ours[f"{t}_loss"] for t, w in weights.items()),
+                                         rel=1e-6)
+    # The temperatures matter: the default ones (0.1, 0.04) give other SILC / TIPS terms.
+    default = make(locca=True)
+    default.start_self_distillation()
+    default.set_weights(p.get_weights())
+    plain = {k: float(numpy(v)) for k, v in default(batch, training=False).items()}
+    # The plain sigmoid loss vs the chunked one of chunk_size=2 (measured: 1e-7 rel).
+    assert plain["sigmoid_loss"] == pytest.approx(ours["sigmoid_loss"], rel=1e-6)
+    for term in ("silc", "tips"):
+        assert abs(plain[f"{term}_loss"] - ours[f"{term}_loss"]) > 1e-2, term
 
 
 def test_naflex_backbone_trains_with_sigmoid_and_locca():
