@@ -73,8 +73,9 @@ def test_big_vision_naflex_whole_backbone(bv):
 
 def test_big_vision_raw_images_through_converter(bv):
     """in/raw_image_* -> SigLIP2NaFlexImageConverter -> the same grids as big_vision's
-    preprocessing and the same embeddings within 1e-3 (the issue's bound; the patches
-    themselves agree to 1e-6, see tests/preprocessing/test_naflex_image_converter.py)."""
+    preprocessing and the same embeddings within TOL = 1e-5 (measured: 1.5e-7, as from
+    the fixture's own patches: the converter's patches here equal big_vision's; see
+    also tests/preprocessing/test_naflex_image_converter.py)."""
     fixture, inputs, backbone = bv
     converter = SigLIP2NaFlexImageConverter(patch_size=8, max_num_patches=24)
     x = converter([fixture[f"in/raw_image_{k}"] for k in range(5)])
@@ -83,7 +84,7 @@ def test_big_vision_raw_images_through_converter(bv):
         np.asarray(x["patch_positions"]), np.asarray(inputs["patch_positions"])
     )
     zimg = embeddings(backbone, {**x, "token_ids": inputs["token_ids"]})[0]
-    np.testing.assert_allclose(zimg, fixture["out/zimg"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(zimg, fixture["out/zimg"], atol=TOL, rtol=0)
 
 
 def test_big_vision_grid_that_is_not_3d_is_refused(bv):
