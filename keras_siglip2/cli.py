@@ -11,10 +11,15 @@ import json
 import os
 import sys
 
+from keras_siglip2 import console
 
-def _quiet_backends():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("KERAS_BACKEND", "jax")
+
+def _quiet_backends(argv):
+    """Quiet framework logs unless `--verbose` (keras_siglip2/console.py silenced the
+    native start-up lines while the package was imported)."""
+    if console.VERBOSE_FLAG not in argv:
+        console.quiet_environment()
+        console.silence_absl()
 
 
 # --------------------------------------------------------------------------- presets
@@ -701,6 +706,9 @@ def build_parser():
     sub.required = True
     for add_parser in SUBCOMMAND_PARSERS:
         add_parser(sub)
+    for p in (parser, *sub.choices.values()):
+        p.add_argument(console.VERBOSE_FLAG, action="store_true",
+                       help="show TensorFlow / XLA start-up and log output (hidden by default)")
     return parser
 
 
@@ -708,7 +716,7 @@ def build_parser():
 
 
 def main(argv=None):
-    _quiet_backends()
+    _quiet_backends(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
