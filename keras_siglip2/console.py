@@ -1,4 +1,5 @@
-"""Start-up of the `siglip2` command: quiet native logs unless `--verbose` is given.
+"""Console output of the `siglip2` command: quiet native logs unless `--verbose` is
+given, and progress lines that read well in a log file.
 
 TensorFlow and XLA print start-up lines (oneDNN, CUDA driver probes, CPU feature notes)
 from C++ through absl before any Python logging exists, so neither `TF_CPP_MIN_LOG_LEVEL`
@@ -10,6 +11,7 @@ therefore runs with file descriptor 2 pointed at /dev/null; library users who
 import contextlib
 import os
 import sys
+import time
 
 VERBOSE_FLAG = "--verbose"
 
@@ -58,3 +60,55 @@ def silence_absl():
     except ImportError:
         return
     absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def _is_terminal(stream):
+    return bool(getattr(stream, "isatty", None) and stream.isatty()) or "ipykernel" in sys.modules
+
+
+class LineProgress:
+    """Progress for a log file: whole lines, about `lines` of them over the run (and one
+    more whenever `every_s` seconds have passed), never carriage returns.
+
+    Same `update(current, values)` as `keras.utils.Progbar`, which redraws one line with
+    `\\r` on every update whenever the `posix` module is loaded, i.e. always on Linux:
+    written to a file that is thousands of updates on one line.
+    """
+
+    def __init__(self, target, unit_name="step", stream=None, lines=20, every_s=60.0):
+        self.target = int(target)
+        self.unit_name = unit_name
+        self.stream = stream
+        self.interval = max(1, -(-self.target // max(1, int(lines))))
+        self.every_s = float(every_s)
+        self._start = self._last = time.monotonic()
+        self._printed = None
+
+    def _due(self, current, now):
+        return (current >= self.target or current % self.interval == 0
+                or now - self._last >= self.every_s)
+
+    def update(self, current, values=None, finalize=None):
+        now = time.monotonic()
+        current = int(current)
+        if current == self._printed or not self._due(current, now):
+            return
+        width = len(str(self.target))
+        parts = [f"{self.unit_name} {current:>{width}}/{self.target}"]
+        parts += [f"{name} {float(value):.4f}" for name, value in (values or [])]
+        parts.append(f"{now - self._start:.1f} s")
+        stream = self.stream or sys.stdout
+        print("  ".join(parts), file=stream, flush=True)
+        self._printed, self._last = current, now
+
+
+def progress_bar(target, unit_name="step", verbose=True, stream=None):
+    """A redrawn `keras.utils.Progbar` on a terminal, `LineProgress` otherwise (a log
+    file, a pipe, CI); None when not `verbose`."""
+    if not verbose:
+        return None
+    if _is_terminal(stream or sys.stdout):
+        import keras
+
+        return keras.utils.Progbar(target, unit_name=unit_name)
+    return LineProgress(target, unit_name=unit_name, stream=stream)

@@ -18,6 +18,7 @@ try:
 except ImportError:  # The eager preprocessing path works without TensorFlow.
     tf = None
 
+from keras_siglip2.console import progress_bar
 from keras_siglip2.layers.logit_head import NORM_EPSILON
 from keras_siglip2.tasks.images import as_image_list, check_files_exist, describe, read_images
 
@@ -228,21 +229,25 @@ class SigLIP2Embedder:
 
     @staticmethod
     def _progbar(total, unit, verbose):
-        if not verbose:
-            return None
-        return keras.utils.Progbar(total, unit_name=unit)
+        return progress_bar(total, unit_name=unit, verbose=verbose)
+
+    def tokenize(self, texts):
+        """The text tower's token ids (N, L) int32 of a str or a list of str."""
+        token_ids = self.preprocessor.tokenizer(check_texts(texts))
+        return np.asarray(keras.ops.convert_to_numpy(token_ids), dtype=np.int32)
 
     def embed_texts(self, texts, verbose=False):
         """Normalized text embeddings (N, D) of a str or a list of str."""
-        texts = check_texts(texts)
-        rows = batch_rows(len(texts), self.batch_size)
-        bar = self._progbar(len(texts), "text", verbose)
+        return self.embed_token_ids(self.tokenize(texts), verbose=verbose)
+
+    def embed_token_ids(self, token_ids, verbose=False):
+        """Normalized text embeddings (N, D) of token ids (N, L) from `tokenize`."""
+        rows = batch_rows(len(token_ids), self.batch_size)
+        bar = self._progbar(len(token_ids), "text", verbose)
         chunks = []
-        for start in range(0, len(texts), rows):
-            batch = texts[start : start + rows]
-            token_ids = keras.ops.convert_to_numpy(self.preprocessor.tokenizer(batch))
-            inputs = {"token_ids": np.asarray(token_ids, dtype=np.int32)}
-            chunks.append(self._forward(self.backbone.text_encoder, inputs, rows))
+        for start in range(0, len(token_ids), rows):
+            batch = token_ids[start : start + rows]
+            chunks.append(self._forward(self.backbone.text_encoder, {"token_ids": batch}, rows))
             if bar is not None:
                 bar.update(start + len(batch))
         return normalize(np.concatenate(chunks, axis=0))

@@ -9,6 +9,8 @@ sigmoid(exp(t) * cos(image, class) + b): SigLIP's sigmoid loss scores every
 be likely, or none) and are NOT a softmax over the classes.
 """
 
+import warnings
+
 import numpy as np
 
 from keras_siglip2.tasks.embedding import SigLIP2Embedder, normalize, sigmoid
@@ -105,6 +107,35 @@ def check_templates(templates):
     return templates
 
 
+def alike_prompt_groups(token_ids):
+    """Groups (lists of class indices, two or more) whose prompts give identical token
+    ids in every template; `token_ids` is (C, T, L)."""
+    groups = {}
+    for index, ids in enumerate(np.asarray(token_ids)):
+        groups.setdefault(ids.tobytes(), []).append(index)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def warn_alike_prompts(class_names, token_ids, pad_id=0):
+    """Warns (UserWarning) for each group of classes whose prompts tokenize alike:
+    the text tower then gives them one embedding and every image the same probability
+    for each. Names the classes and the sequence length, and says whether the prompts
+    were cut off at that length."""
+    token_ids = np.asarray(token_ids)
+    length = token_ids.shape[-1]
+    for group in alike_prompt_groups(token_ids):
+        names = ", ".join(repr(class_names[i]) for i in group)
+        cut = bool(np.all(token_ids[group[0], :, -2] != pad_id))
+        reason = (f"the prompts fill all {length} tokens, so the names were cut off at "
+                  "the sequence length: shorten them" if cut else
+                  f"at sequence length {length}; the tokenizer maps them to the same "
+                  "pieces: rename them")
+        warnings.warn(
+            f"The classes {names} give identical token ids in every prompt ({reason}). "
+            "The model cannot tell them apart: each image gets the same probability "
+            "for all of them.", UserWarning, stacklevel=3)
+
+
 def ensemble_text_embeddings(template_embeddings):
     """Prompt ensembling: (C, T, D) normalized embeddings of C classes in T templates
     -> (C, D): the mean over templates, normalized again."""
@@ -145,7 +176,10 @@ class SigLIP2ZeroShotClassifier:
         self.embedder = SigLIP2Embedder(backbone, preprocessor, batch_size=batch_size)
         self.verbose = bool(verbose)
         prompts = [t.replace("{}", c) for c in self.class_names for t in self.templates]
-        per_prompt = self.embedder.embed_texts(prompts)
+        token_ids = self.embedder.tokenize(prompts)
+        warn_alike_prompts(self.class_names, token_ids.reshape(
+            len(self.class_names), len(self.templates), -1))
+        per_prompt = self.embedder.embed_token_ids(token_ids)
         per_prompt = per_prompt.reshape(len(self.class_names), len(self.templates), -1)
         self.class_embeddings = ensemble_text_embeddings(per_prompt)
 

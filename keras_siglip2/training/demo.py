@@ -30,6 +30,8 @@ import time
 import keras
 import numpy as np
 
+from keras_siglip2.console import progress_bar
+
 DEMO_DEFAULTS = dict(
     steps=600,
     batch_size=32,
@@ -88,12 +90,13 @@ class DemoProgress(keras.callbacks.Callback):
         super().__init__()
         self.records = []
         self.step = 0
-        self.bar = keras.utils.Progbar(total_steps, verbose=1 if verbose else 0)
+        self.bar = progress_bar(total_steps, verbose=verbose)
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         loss = (logs or {}).get("loss")
-        self.bar.update(self.step, values=[] if loss is None else [("loss", float(loss))])
+        if self.bar is not None:
+            self.bar.update(self.step, values=[] if loss is None else [("loss", float(loss))])
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}

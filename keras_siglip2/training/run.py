@@ -222,6 +222,8 @@ def _make_callbacks(total_steps, verbose):
     import keras
     import numpy as np
 
+    from keras_siglip2.console import progress_bar
+
     class TrainProgress(keras.callbacks.Callback):
         """One progress bar over all steps; keeps the last logs of each epoch and
         stops `fit` once the optimizer has made `total_steps` steps."""
@@ -237,7 +239,7 @@ def _make_callbacks(total_steps, verbose):
             return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
         def on_train_begin(self, logs=None):
-            self.bar = keras.utils.Progbar(total_steps, verbose=1 if verbose else 0)
+            self.bar = progress_bar(total_steps, verbose=verbose)
             self.step = None
 
         def on_train_batch_begin(self, batch, logs=None):
@@ -248,8 +250,9 @@ def _make_callbacks(total_steps, verbose):
             self.step += 1
             self.last_logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
             loss = self.last_logs.get("loss")
-            self.bar.update(min(self.step, total_steps),
-                            values=[] if loss is None else [("loss", loss)])
+            if self.bar is not None:
+                self.bar.update(min(self.step, total_steps),
+                                values=[] if loss is None else [("loss", loss)])
             if self.step >= total_steps:
                 self.model.stop_training = True
 

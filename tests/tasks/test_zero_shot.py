@@ -227,3 +227,32 @@ print(json.dumps({{"backend": keras.backend.backend(), "probs": probs.tolist(),
     retriever.add_images(paths)
     np.testing.assert_allclose(result["probs"], probs, atol=TOL, rtol=0)
     np.testing.assert_allclose(result["images"], retriever.image_embeddings, atol=TOL, rtol=0)
+
+
+def test_warns_when_prompts_tokenize_alike(fixed_model, image_dir):
+    """Two long names that differ only after the sequence length: one warning naming
+    both and the length; their probabilities are then equal (what the warning says).
+    Names that differ within the length give no warning."""
+    import warnings
+
+    from tests.tasks.conftest import SEQUENCE_LENGTH
+
+    backbone, preprocessor = fixed_model
+    _, paths = image_dir
+    stem = " ".join(["cat"] * (2 * SEQUENCE_LENGTH))
+    names = [f"{stem} red", f"{stem} blue", "dog"]
+    with pytest.warns(UserWarning) as caught:
+        clf = SigLIP2ZeroShotClassifier(backbone, preprocessor, names, templates=["{}"])
+    messages = [str(w.message) for w in caught if "identical token ids" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert repr(names[0]) in messages[0] and repr(names[1]) in messages[0]
+    assert repr("dog") not in messages[0]
+    assert f"all {SEQUENCE_LENGTH} tokens" in messages[0] and "cut off" in messages[0]
+    probs = clf.predict(paths)
+    np.testing.assert_array_equal(probs[:, 0], probs[:, 1])
+    assert np.max(np.abs(probs[:, 0] - probs[:, 2])) > 1e-4
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        SigLIP2ZeroShotClassifier(backbone, preprocessor, ["red cat", "blue cat"],
+                                  templates=["{}"])

@@ -92,11 +92,15 @@ def _train(setup, out, **kwargs):
     return train(preset, csv_path, out_dir=str(out), **options)
 
 
-def test_train_saves_a_trained_preset(setup, tmp_path):
+def test_train_saves_a_trained_preset(setup, tmp_path, capsys):
     from keras_siglip2.models import SigLIP2Backbone
     from keras_siglip2.preprocessing import SigLIP2Preprocessor
 
-    summary = _train(setup, tmp_path / "run")
+    summary = _train(setup, tmp_path / "run", verbose=True)
+    printed = capsys.readouterr().out  # stdout is not a terminal: one line per step
+    assert "\r" not in printed
+    assert [line.split("  ")[0] for line in printed.splitlines()
+            if line.startswith("step ")] == ["step 1/3", "step 2/3", "step 3/3"], printed
     assert summary["steps"] == 3
     assert summary["losses"] == ["sigmoid"]
     assert np.isfinite(summary["final_losses"]["sigmoid"])
