@@ -202,7 +202,7 @@ def _tower_configs(backbone):
     if isinstance(backbone, (str, os.PathLike)):
         path = os.fspath(backbone)
         if not os.path.isdir(path):  # a preset name: its architecture, no download
-            from keras_siglip2.presets import get_preset
+            from keras_siglip2.preset_registry import get_preset
 
             architecture = get_preset(path)["architecture"]
             return {"vision_encoder": architecture["vision"], "text_encoder": architecture["text"]}

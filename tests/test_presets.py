@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from keras_siglip2 import presets
+from keras_siglip2 import preset_registry, presets
 from keras_siglip2.models import SigLIP2Backbone, SigLIP2TextEncoder, SigLIP2VisionEncoder
 
 EXPECTED = [
@@ -260,7 +260,7 @@ def test_package_data_is_preferred(tmp_path, monkeypatch):
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(presets.importlib.resources, "files", lambda package: tmp_path)
-    monkeypatch.setattr(presets, "REPO_PRESET_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(preset_registry, "REPO_PRESET_DIR", tmp_path / "nowhere")
     presets.clear_registry_cache()
     with pytest.raises(FileNotFoundError, match="No SigLIP 2 preset files"):
         presets.list_presets()

@@ -5,8 +5,8 @@ functions. Reads the source with `ast`; imports nothing of the package.
 Layers, lowest first (a module may import its own layer and the ones below):
     0 base        console, checks (leaf helpers), layers
     1 models
-    2 preprocessing, presets
-    3 convert, distribution, export, tasks, training
+    2 preprocessing, preset_registry (plain data)
+    3 convert, distribution, export, presets (fetching, conversion), tasks, training
     4 cli, registration, the package's __init__
 
 Usage: python tools/check_architecture.py [PACKAGE_DIR] [--max-module-lines N]
@@ -21,8 +21,8 @@ import sys
 LAYERS = {
     "console": 0, "checks": 0, "layers": 0,
     "models": 1,
-    "preprocessing": 2, "presets": 2,
-    "convert": 3, "distribution": 3, "export": 3, "tasks": 3, "training": 3,
+    "preprocessing": 2, "preset_registry": 2,
+    "convert": 3, "distribution": 3, "export": 3, "presets": 3, "tasks": 3, "training": 3,
     "cli": 4, "registration": 4, "": 4,
 }
 MAX_MODULE_LINES = 500

@@ -1,67 +1,22 @@
-"""What every checkpoint converter shares: building a backbone from inferred sizes,
-assigning a {variable path: array} map with shape checks and a completeness check, and
-writing a preset directory atomically (a failed conversion never leaves a half-written
-preset), and loading a Keras preset directory with clear errors for missing or unreadable
-weights."""
+"""What every checkpoint converter shares: assigning a {variable path: array} map with
+shape checks and a completeness check, the array names of common layers, and writing a
+preset directory atomically (a failed conversion never leaves a half-written preset).
+The model factory (`build_backbone`) and the preset-file checks live in `models` and
+are re-exported here."""
 
-import contextlib
 import os
 import shutil
 import tempfile
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that is not a SigLIP 2 model, or is incomplete or corrupt."""
-
-
-PRESET_WEIGHT_FILES = ("model.weights.h5", "model.weights.json")
-
-
-def require_preset_weights(directory, what="Preset directory", hint=""):
-    """Raises FileNotFoundError if the preset `directory` holds no weights file."""
-    if not any(os.path.exists(os.path.join(directory, n)) for n in PRESET_WEIGHT_FILES):
-        raise FileNotFoundError(
-            f"{what} {directory} has no weights: expected model.weights.h5 (or a sharded "
-            f"model.weights.json).{hint}"
-        )
-
-
-@contextlib.contextmanager
-def readable_preset_weights(preset, what="preset", hint=""):
-    """Around a `from_preset` call: h5py's plain OSError for a truncated or corrupt
-    weights file of a local preset directory becomes a `CheckpointError` naming it."""
-    try:
-        yield
-    except OSError as e:
-        if type(e) is not OSError or not os.path.isdir(preset):
-            raise
-        raise CheckpointError(
-            f"Cannot read the weights of {what} {preset} (truncated or corrupt "
-            f"model.weights.h5?): {e}.{hint}"
-        ) from e
-
-
-def build_backbone(vision, text, dtype=None):
-    """A `SigLIP2Backbone` from two dicts of tower sizes. `vision["type"]` is
-    "fixed" (keys of SigLIP2VisionEncoder) or "naflex" (SigLIP2NaFlexVisionEncoder)."""
-    from keras_siglip2.models import SigLIP2Backbone, SigLIP2TextEncoder
-
-    vision = dict(vision)
-    kind = vision.pop("type", "fixed")
-    if kind == "naflex":
-        from keras_siglip2.models.naflex_vision_encoder import SigLIP2NaFlexVisionEncoder
-
-        vision_encoder = SigLIP2NaFlexVisionEncoder(**vision, dtype=dtype)
-    elif kind == "fixed":
-        from keras_siglip2.models import SigLIP2VisionEncoder
-
-        vision_encoder = SigLIP2VisionEncoder(**vision, dtype=dtype)
-    else:
-        raise ValueError(f"Unknown vision tower type {kind!r}; expected 'fixed' or 'naflex'.")
-    text_encoder = SigLIP2TextEncoder(**text, dtype=dtype)
-    return SigLIP2Backbone(vision_encoder, text_encoder, dtype=dtype)
+from keras_siglip2.models.factory import build_backbone
+from keras_siglip2.models.preset_files import (  # noqa: F401 (part of this module's API)
+    PRESET_WEIGHT_FILES,
+    CheckpointError,
+    readable_preset_weights,
+    require_preset_weights,
+)
 
 
 def backbone_from_checkpoint(read, source, dtype=None):

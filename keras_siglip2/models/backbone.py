@@ -7,6 +7,11 @@ import keras
 from keras_hub.models import Backbone
 
 from keras_siglip2.layers import SigLIP2LogitHead
+from keras_siglip2.models.preset_files import (
+    readable_preset_weights,
+    require_preset_weights,
+    resolve_preset_path,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -127,14 +132,7 @@ class SigLIP2Backbone(Backbone):
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Loads a preset: a name from `keras_siglip2.list_presets()`, a local preset
         directory, or a `kaggle://` / `hf://` / `gs://` handle."""
-        from keras_siglip2.presets import resolve_preset
-
-        from keras_siglip2.convert.common import (
-            readable_preset_weights,
-            require_preset_weights,
-        )
-
-        preset = resolve_preset(preset)
+        preset = resolve_preset_path(preset)
         if load_weights and os.path.isdir(preset):
             require_preset_weights(
                 preset, hint=" Pass load_weights=False for a randomly initialized model."

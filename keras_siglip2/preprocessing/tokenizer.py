@@ -14,6 +14,8 @@ from keras.src.saving import serialization_lib
 from keras_hub.tokenizers import SentencePieceTokenizer
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
+# Preset names -> directories, through the resolver `keras_siglip2.presets` registers.
+from keras_siglip2.models.preset_files import resolve_preset_path as resolve_preset
 
 try:
     import tensorflow as tf
@@ -107,15 +109,6 @@ def deserialize_component(cls, config, preset, config_file, **kwargs):
             f"{type(obj).__name__}, not a {cls.__name__}."
         )
     return obj
-
-
-def resolve_preset(preset):
-    """Maps keras-siglip2 preset names to a directory keras-hub can open."""
-    try:
-        from keras_siglip2.presets import resolve_preset as _resolve
-    except ImportError:
-        return preset
-    return _resolve(preset)
 
 
 # --- The tokenizer -------------------------------------------------------------------

@@ -33,7 +33,7 @@ def write_package(root, files):
 CLEAN = {
     "layers/dense.py": "import keras\n",
     "models/tower.py": "from keras_siglip2.layers import dense\n",
-    "presets.py": "NAMES = ['a']\n",
+    "preset_registry.py": "NAMES = ['a']\n",
     "training/run.py": """\
         from keras_siglip2.models import tower
         from keras_siglip2 import presets
