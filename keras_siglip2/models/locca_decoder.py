@@ -36,6 +36,7 @@ from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import dense_kernel_init, embedding_init
 from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON, SigLIP2BlockBase
 from keras_siglip2.models.input_checks import check_token_ids
+from keras_siglip2.checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -131,8 +132,7 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
             ("max_sequence_length", max_sequence_length),
             ("image_dim", hidden_dim if image_dim is None else image_dim),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
+            check_positive_int(name, value)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
@@ -309,8 +309,7 @@ def locca_decoder_for(
         backbone, text_encoder = text_encoder, text_encoder.text_encoder
     if image_dim is None:
         image_dim = backbone.vision_encoder.hidden_dim if backbone is not None else None
-    if isinstance(num_location_bins, bool) or not isinstance(num_location_bins, int) or num_location_bins < 1:
-        raise ValueError(f"`num_location_bins` must be an integer >= 1; got {num_location_bins!r}.")
+    check_positive_int("num_location_bins", num_location_bins)
     if dtype is None:
         dtype = text_encoder.dtype_policy.name
     return SigLIP2LocCaDecoder(

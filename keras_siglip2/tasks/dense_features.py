@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_siglip2.tasks.embedding import convert_images
 from keras_siglip2.tasks.images import as_image_list, check_files_exist, read_images
+from keras_siglip2.checks import check_positive_int
 
 
 def _vision_encoder(model):
@@ -111,8 +112,7 @@ class LinearProbe(keras.Model):
         if task not in TASKS:
             raise ValueError(f"`task` must be one of {TASKS}; got {task!r}.")
         for name, value in (("feature_dim", feature_dim), ("num_outputs", num_outputs)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
+            check_positive_int(name, value)
         if output_size is not None:
             output_size = tuple(int(s) for s in output_size)
             if len(output_size) != 2 or min(output_size) < 1:

@@ -21,6 +21,7 @@ except ImportError:  # The eager preprocessing path works without TensorFlow.
 from keras_siglip2.console import progress_bar
 from keras_siglip2.layers.logit_head import NORM_EPSILON
 from keras_siglip2.tasks.images import as_image_list, check_files_exist, describe, read_images
+from keras_siglip2.checks import check_positive_int
 
 # What `SigLIP2Embedder.embed_images` returns: the normalized embeddings (N, D) of the
 # readable images, their positions and names (file path or "image i") in the input
@@ -59,9 +60,7 @@ def check_texts(texts, name="texts"):
 
 
 def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
-    return int(batch_size)
+    return check_positive_int("batch_size", batch_size)
 
 
 def check_compatible(backbone, preprocessor):

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_siglip2.tasks.embedding import SigLIP2Embedder, check_texts, sigmoid
 from keras_siglip2.tasks.images import as_image_list, describe
+from keras_siglip2.checks import check_positive_int
 
 INDEX_FORMAT = "keras_siglip2.retrieval.v1"
 DEFAULT_RECALL_KS = (1, 5, 10)
@@ -67,9 +68,7 @@ def _check_ids(ids, n, what):
 
 
 def _check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"`k` must be an integer >= 1; got {k!r}.")
-    return int(k)
+    return check_positive_int("k", k)
 
 
 def _npz_path(path):

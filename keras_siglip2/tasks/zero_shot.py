@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from keras_siglip2.tasks.embedding import SigLIP2Embedder, normalize, sigmoid
+from keras_siglip2.checks import check_positive_int
 
 # Small prompt sets per language. "{}" is replaced by the class name. The phrasings
 # avoid articles / cases that depend on the noun where the language has them.
@@ -213,8 +214,7 @@ class SigLIP2ZeroShotClassifier:
     def top_k(self, images, k=5):
         """For each image, the `k` most likely `(class_name, probability)`, most
         likely first (k is capped at the number of classes)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"`k` must be an integer >= 1; got {k!r}.")
+        check_positive_int("k", k)
         probs = self.predict(images)
         return top_k_labels(probs, self.class_names, k)
 

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 from keras_siglip2.training.demo import DEMO_DEFAULTS
+from keras_siglip2.checks import check_int, check_positive_int
 
 # The demo's model, optimizer and batch, with ACID's own run lengths and data sizes.
 ACID_DEFAULTS = dict(
@@ -144,11 +145,8 @@ def run_acid_comparison(seed=0, reference=None, out=None, verbose=False, **overr
         raise ValueError(f"Unknown options {unknown}; known: {sorted(ACID_DEFAULTS)}.")
     cfg = {**ACID_DEFAULTS, **overrides}
     for name in ("steps", "reference_steps", "batch_size", "num_examples", "num_heldout"):
-        value = cfg[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int; got {name}={value!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int; got seed={seed!r}.")
+        check_positive_int(name, cfg[name])
+    check_int("seed", seed, minimum=0)
     t0 = time.time()
     timings = {}
     proto = synthetic.train_tokenizer()

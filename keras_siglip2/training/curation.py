@@ -37,6 +37,7 @@ from keras import ops
 from keras_siglip2.layers import l2_normalize
 from keras_siglip2.training.losses.sigmoid import per_example_sigmoid_loss
 from keras_siglip2.training.resize import resize_images
+from keras_siglip2.checks import check_positive_int
 
 # The paper's keep ratios (fraction of the super-batch trained on) per model size.
 PAPER_KEEP_RATIOS = {"B/16": 0.5, "B/32": 0.75}
@@ -99,8 +100,7 @@ class ActiveCurator:
     # -------------------------------------------------------------------- sizes
     def super_batch_size(self, batch_size):
         """Examples to draw for a training batch of `batch_size`: ceil(B / keep_ratio)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+        check_positive_int("batch_size", batch_size)
         return int(math.ceil(batch_size / self.keep_ratio - 1e-9))
 
     def num_selected(self, super_batch_size):

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from keras_siglip2.console import progress_bar
+from keras_siglip2.checks import check_int
 
 DEMO_DEFAULTS = dict(
     steps=600,
@@ -209,8 +210,7 @@ def run_demo(out_dir, steps=None, seed=0, verbose=True, **overrides):
     if steps is not None:
         cfg["steps"] = steps
     steps = cfg["steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 4:
-        raise ValueError(f"`steps` must be an int >= 4 (one per stage and more); got {steps!r}.")
+    check_int("steps", steps, minimum=4, hint=" (one per stage and more)")
     sd_start, res_start = check_curriculum(cfg["self_distillation_start"], cfg["resolution_start"])
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(out_dir, exist_ok=True)

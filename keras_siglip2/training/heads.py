@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from keras_siglip2.layers.logit_head import l2_normalize
+from keras_siglip2.checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -54,8 +55,7 @@ class SigLIP2ProjectionHead(keras.layers.Layer):
             ("output_dim", output_dim),
             ("num_layers", num_layers),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
+            check_positive_int(name, value)
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         self.bottleneck_dim = bottleneck_dim

@@ -15,6 +15,8 @@ import math
 import keras
 from keras import ops
 
+from keras_siglip2.checks import check_positive_int
+
 PEAK_LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 1e-4
 GLOBAL_CLIPNORM = 1.0
@@ -79,8 +81,7 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def set_total_steps(self, total_steps):
         """Fixes the schedule length (and the warmup, when given as a fraction)."""
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"`total_steps` must be a positive int; got {total_steps!r}.")
+        check_positive_int("total_steps", total_steps)
         warmup = self._warmup_steps_arg
         if warmup is None:
             warmup = int(round(self.warmup_fraction * total_steps))

@@ -17,13 +17,13 @@ import numpy as np
 from keras import ops
 
 from keras_siglip2.layers.position_grid import antialiased_bilinear_matrices
+from keras_siglip2.checks import check_positive_int
 
 
 def bilinear_resize_matrix(input_size, output_size):
     """The (output_size x input_size) matrix of the 1-D antialiased bilinear resize."""
     for name, value in (("input_size", input_size), ("output_size", output_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+        check_positive_int(name, value)
     matrix = antialiased_bilinear_matrices(
         np.array([output_size], "int32"), int(input_size), int(output_size)
     )[0]

@@ -30,6 +30,8 @@ read.
 import numpy as np
 import tensorflow as tf
 
+from keras_siglip2.checks import check_positive_int
+
 DEFAULT_NUM_BINS = 1024
 BOS_ID = 2  # Gemma <bos>; the SigLIP 2 text tower never sees it, the decoder starts with it
 PAD_ID = 0  # Gemma <pad>
@@ -37,8 +39,7 @@ TASKS = ("captioning", "aref", "gcap")
 
 
 def _check_bins(num_bins, vocabulary_size=None):
-    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
-        raise ValueError(f"`num_bins` must be an integer >= 1; got {num_bins!r}.")
+    check_positive_int("num_bins", num_bins)
     if vocabulary_size is not None and (
         isinstance(vocabulary_size, bool)
         or not isinstance(vocabulary_size, (int, np.integer))

@@ -29,6 +29,8 @@ import io
 
 import numpy as np
 
+from keras_siglip2.checks import check_positive_int
+
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "white")
 LANGUAGES = ("en", "fr", "de", "es")
@@ -275,8 +277,7 @@ def generate_examples(num_examples, image_size=48, seed=0, max_objects=2,
 
     `template`: None draws a caption template per example; an int fixes it.
     """
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-        raise ValueError(f"`num_examples` must be a positive int; got {num_examples!r}.")
+    check_positive_int("num_examples", num_examples)
     if image_size < 16:
         raise ValueError(f"`image_size` must be at least 16 pixels; got {image_size!r}.")
     if max_objects not in (1, 2):
@@ -374,8 +375,7 @@ def synthetic_dataset(
     from keras_siglip2.training.data.augment import fold_seed, local_crops
     from keras_siglip2.training.data.pipeline import locca_batch_fields
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+    check_positive_int("batch_size", batch_size)
     if num_local_views < 0:
         raise ValueError(f"`num_local_views` must be >= 0; got {num_local_views!r}.")
     if examples is None:

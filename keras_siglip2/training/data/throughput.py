@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_siglip2.training.data.pipeline import image_text_dataset
 from keras_siglip2.training.data.sources import write_tfrecord_shards
+from keras_siglip2.checks import check_positive_int
 
 
 def synthetic_jpeg_examples(num_images, image_shape=(384, 512), seed=0):
@@ -59,8 +60,7 @@ def measure_input_throughput(
         {"images_per_second": float, "batches_per_second": float, "seconds": float,
          "images": int, "config": dict of the settings}.
     """
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"`num_batches` must be a positive int; got {num_batches!r}.")
+    check_positive_int("num_batches", num_batches)
     own = workdir is None
     workdir = tempfile.mkdtemp(prefix="siglip2_input_") if own else workdir
     try:

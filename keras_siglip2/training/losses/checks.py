@@ -7,6 +7,8 @@ import math
 
 from keras import ops
 
+from keras_siglip2.checks import check_fraction, check_positive, check_positive_int  # noqa: F401
+
 
 def static_shape(x):
     """The static shape of `x` as a tuple (None for unknown dimensions)."""
@@ -41,21 +43,3 @@ def float32_scalar(name, x):
     return ops.reshape(ops.cast(x, "float32"), ())
 
 
-def check_positive(name, value):
-    """A Python number > 0 (temperatures, sizes)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
-    return value
-
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
-    return value
-
-
-def check_fraction(name, value):
-    """A Python number in [0, 1] (momenta, ratios)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1]; got {value!r}.")
-    return value
