@@ -13,8 +13,13 @@ NORM_EPSILON = 1e-8
 
 
 def l2_normalize(x, axis=-1):
-    """z / (||z|| + 1e-8), exactly as the reference implementation (not max(||z||, eps))."""
-    return x / (ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True)) + NORM_EPSILON)
+    """z / (||z|| + 1e-8), the reference implementation's formula (not max(||z||, eps)),
+    with a finite gradient at z = 0: the text tower's `head` starts at zero (as in
+    big_vision), so at the first training step every text embedding is 0 and
+    d||z||/dz = z / ||z|| would be NaN. ||z|| is computed as sqrt(max(||z||^2, 1e-30)),
+    which changes the value only where ||z|| < 1e-15 (where it is 0 either way)."""
+    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x / (ops.sqrt(ops.maximum(squared, 1e-30)) + NORM_EPSILON)
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")

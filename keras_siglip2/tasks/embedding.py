@@ -19,7 +19,7 @@ except ImportError:  # The eager preprocessing path works without TensorFlow.
     tf = None
 
 from keras_siglip2.console import progress_bar
-from keras_siglip2.layers.logit_head import NORM_EPSILON
+from keras_siglip2.layers.logit_head import l2_normalize
 from keras_siglip2.tasks.images import as_image_list, check_files_exist, describe, read_images
 from keras_siglip2.checks import check_positive_int
 
@@ -30,9 +30,10 @@ EmbeddedImages = collections.namedtuple("EmbeddedImages", "embeddings kept names
 
 
 def normalize(x, axis=-1):
-    """z / (||z|| + 1e-8) in NumPy (float32), as the model normalizes embeddings."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / (np.sqrt(np.sum(np.square(x), axis=axis, keepdims=True)) + NORM_EPSILON)
+    """`layers.l2_normalize` (the model's z / (||z|| + 1e-8)) of an array, as a float32
+    NumPy array."""
+    x = keras.ops.convert_to_tensor(np.asarray(x, dtype=np.float32))
+    return np.asarray(keras.ops.convert_to_numpy(l2_normalize(x, axis=axis)), np.float32)
 
 
 def sigmoid(x):

@@ -62,7 +62,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_siglip2.layers.logit_head import NORM_EPSILON
+from keras_siglip2.layers.logit_head import l2_normalize
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder, image_size_pair
 from keras_siglip2.training.resize import resize_images
 
@@ -85,13 +85,8 @@ CURATION_METRICS = ("acid_learnability", "acid_kept_fraction")
 LOCCA_FIELDS = ("decoder_token_ids", "decoder_targets", "decoder_weights")
 
 
-def safe_l2_normalize(x):
-    """`l2_normalize` (z / (||z|| + 1e-8), the reference's formula) with a finite
-    gradient at z = 0: the text tower's `head` starts at zero (as in big_vision), so at
-    the first step every text embedding is 0 and d||z||/dz = z / ||z|| would be NaN.
-    The value equals `l2_normalize`'s for every ||z|| > 1e-15."""
-    squared = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    return x / (ops.sqrt(ops.maximum(squared, 1e-30)) + NORM_EPSILON)
+# Kept for one release: the package has one L2 normalizer, `layers.l2_normalize`.
+safe_l2_normalize = l2_normalize
 
 
 def size_factor(vision_width):
@@ -860,8 +855,8 @@ class SigLIP2Pretrainer(keras.Model):
             pooled = vision.head(tokens, key_mask=image_key_mask)
         batch_size = ops.shape(inputs["token_ids"])[0]
         text = self.backbone.get_text_embeddings(inputs["token_ids"])
-        zimg = safe_l2_normalize(ops.cast(pooled, "float32"))
-        ztxt = safe_l2_normalize(ops.cast(text, "float32"))
+        zimg = l2_normalize(ops.cast(pooled, "float32"))
+        ztxt = l2_normalize(ops.cast(text, "float32"))
         terms = {"sigmoid": self.sigmoid_loss_fn(zimg, ztxt, head.log_temperature, head.bias)}
 
         if self.decoder is not None:
