@@ -79,6 +79,10 @@ FULL = {
                  "pipeline_images": 64,
                  "source_size": 256, "pipeline_batches": 4},
     "loss_memory": {"batches": [4096, 16384], "dim": 768, "chunk_size": 1024},
+    # The LocCa decoder's loss at the paper's sizes: Gemma's 256k vocabulary + 1,024
+    # location bins, B = 256 captions of 64 tokens, decoder width 768 (B-sized).
+    "decoder_loss_memory": {"batch": 256, "length": 64, "width": 768,
+                            "vocabulary": 257024, "chunk": 16384},
     "gpu": {"archs": {"B/16-224": (B16_VISION, B_TEXT),
                       "So400m/14-384": (dict(patch_size=14, hidden_dim=1152, num_layers=27,
                                              num_heads=16, intermediate_dim=4304,
@@ -106,6 +110,8 @@ QUICK = {
                  "local_image_size": 16,
                  "pipeline_images": 8, "source_size": 48, "pipeline_batches": 2},
     "loss_memory": {"batches": [256, 1024], "dim": 64, "chunk_size": 128},
+    "decoder_loss_memory": {"batch": 8, "length": 16, "width": 64, "vocabulary": 4096,
+                            "chunk": 512},
     "gpu": {"archs": {"tiny": (TINY_VISION, TINY_TEXT)}, "image_batch": 4,
             "matmul_size": 256},
 }
@@ -1124,6 +1130,43 @@ def row_loss_memory(cfg, ctx):
         "subprocess; its figures are per device. The ratio is temporaries / the logits "
         "block each form holds (B x B plain, B x chunk chunked, (B/n) x (B/n) per device "
         "distributed): bounded ratios across B show the O(block) memory.")
+    return entries
+
+
+@row("decoder_loss_memory", "LocCa decoder loss memory: logits vs vocabulary chunks (compiled)")
+def row_decoder_loss_memory(cfg, ctx):
+    import jax
+
+    locca = require("keras_siglip2.training.losses.locca", "locca_loss")
+    from_features = require("keras_siglip2.training.losses.locca", "locca_loss_from_features")
+    spec = cfg["decoder_loss_memory"]
+    b, length, d, v, chunk = (spec[k] for k in ("batch", "length", "width", "vocabulary",
+                                                 "chunk"))
+    shapes = (jax.ShapeDtypeStruct((b, length, d), np.float32),
+              jax.ShapeDtypeStruct((d, v), np.float32), jax.ShapeDtypeStruct((v,), np.float32),
+              jax.ShapeDtypeStruct((b, length), np.int32),
+              jax.ShapeDtypeStruct((b, length), np.float32))
+    forms = {
+        "plain (B x L x V logits)": lambda h, w, bias, t, m: locca(
+            jax.numpy.einsum("bld,dv->blv", h, w) + bias, t, m),
+        f"chunked (vocabulary blocks of {chunk})": lambda h, w, bias, t, m: from_features(
+            h, w, bias, t, m, vocabulary_chunk=chunk),
+    }
+    logits_bytes = 4 * b * length * v
+    entries = []
+    for name, fn in forms.items():
+        temp, total = compiled_memory(jax.value_and_grad(fn, argnums=(0, 1, 2)), *shapes)
+        entries.append(entry(
+            f"B={b}, L={length}, V={v:,}: {name}, loss + gradients", temp / 2 ** 20,
+            "MiB temporaries", ratio=temp / logits_bytes,
+            vs=f"the float32 logits ({logits_bytes / 2 ** 20:,.0f} MiB)",
+            note=f"with arguments and outputs {total / 2 ** 20:,.0f} MiB"))
+    ctx["notes"].setdefault("decoder_loss_memory", []).append(
+        f"Decoder width {d}; XLA's compiled memory analysis of jax.value_and_grad of the "
+        "LocCa cross-entropy w.r.t. the features, the output kernel and its bias (compiled, "
+        "never run). The chunked form (`locca_loss_from_features`, the pretrainer's) walks "
+        "the vocabulary with a running log-sum-exp and recomputes each block in its "
+        "custom gradient: it holds one (B*L) x chunk block, not the B x L x V logits.")
     return entries
 
 

@@ -241,8 +241,12 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
         parallel=None,
         image_key_mask=None,
         prefix_mask=None,
+        return_features=False,
     ):
-        """Next-token logits (B, L, vocabulary_size).
+        """Next-token logits (B, L, vocabulary_size), or with `return_features` the
+        last hidden states (B, L, hidden_dim) that `logits_dense` maps to them (the
+        training loss then never forms the logits; see
+        `training.losses.locca_loss_from_features`).
 
         Args:
             decoder_token_ids: (B, L) int decoder inputs (targets shifted right,
@@ -282,7 +286,8 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
                 self_attention_mask=self_mask,
                 image_key_mask=image_key_mask,
             )
-        return self.logits_dense(self.final_norm(x))
+        features = self.final_norm(x)
+        return features if return_features else self.logits_dense(features)
 
     def compute_output_shape(self, decoder_token_ids_shape, *args, **kwargs):
         return tuple(decoder_token_ids_shape) + (self.vocabulary_size,)

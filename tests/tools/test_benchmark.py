@@ -133,3 +133,17 @@ def test_missing_code_is_not_available():
     with pytest.raises(tool.NotAvailable, match="no_such_name"):
         tool.require("keras_siglip2.layers", "no_such_name")
     assert tool.require("keras_siglip2.layers", "SigLIP2Attention") is not None
+
+
+def test_quick_decoder_loss_memory_row(tmp_path):
+    """The LocCa loss memory row: the chunked form's temporaries are a fraction of the
+    plain form's, which holds at least the B x L x V float32 logits (quick sizes:
+    8 x 16 x 4,096)."""
+    proc = run_tool("--quick", "--rows", "decoder_loss_memory", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    row = check_report(tmp_path, ["decoder_loss_memory"])["rows"]["decoder_loss_memory"]
+    assert row["status"] == "ok"
+    plain, chunked = row["entries"]
+    assert "plain" in plain["label"] and "chunked" in chunked["label"]
+    assert plain["ratio"] >= 1.0  # temporaries / logits bytes
+    assert chunked["value"] < plain["value"] / 4

@@ -2,7 +2,11 @@
 LocCa decoder cross-entropy, SILC self-distillation and TIPS masked prediction. Each is
 a function of plain tensors written with keras.ops, computed in float32."""
 
-from keras_siglip2.training.losses.locca import locca_loss, token_cross_entropy
+from keras_siglip2.training.losses.locca import (
+    locca_loss,
+    locca_loss_from_features,
+    token_cross_entropy,
+)
 from keras_siglip2.training.losses.masked_prediction import masked_prediction_loss
 from keras_siglip2.training.losses.self_distillation import (
     CENTER_MOMENTUM,
