@@ -10,13 +10,24 @@ example is
 
 (high where the learner still fails but the reference succeeds: learnable, clean
 pairs; low for noisy pairs, which the reference finds hard too, and for pairs the
-learner already knows). The `keep_ratio` fraction with the highest learnability forms
-the training batch (0.5 for B/16, 0.75 for B/32 in the paper; ACID is used for those
-two sizes only, with the sigmoid loss only).
+learner already knows). A `keep_ratio` fraction of the super-batch forms the training
+batch. ACID and SigLIP 2 state a *filtering ratio* f, the fraction dropped (a super-batch
+of B / (1 - f) for a batch of B): 0.5 for B/16 and 0.75 for B/32 in SigLIP 2 sec. 2.5,
+i.e. keep ratios 0.5 and 0.25 (`PAPER_KEEP_RATIOS`; ACID is used for those two sizes
+only, fine-tuning with the sigmoid loss only).
 
-The per-example loss of pair i is the row sum of the sigmoid loss over the super-batch
-(`losses.per_example_sigmoid_loss`): image i against its own text and every other
-text, so scores are computed jointly over the whole super-batch. Everything is
+How the sub-batch is chosen (`selection`):
+
+- "joint" (the default, as ACID does): JEST's blockwise sampling on the joint
+  learnability of the sub-batch (`training/joint_selection.py`): the sigmoid loss of a
+  sub-batch is a sum over its pairs, so learnability is the pairwise matrix
+  A_ij = learner_loss(i, j) - reference_loss(i, j), and the sub-batch is drawn in
+  `num_chunks` blocks, each with probabilities exp(conditional learnability given the
+  blocks before it).
+- "top_k": the per-example scores below, deterministic top-k (a simpler stand-in).
+
+The per-example score of pair i (what "top_k" ranks and what the logs report) is the
+row sum of A: image i against its own text and every other text of the super-batch. Everything is
 `keras.ops` with static shapes (`top_k` of a fixed size), so `select` runs inside a
 jitted JAX train step; the reference's scores carry no gradient.
 
@@ -35,12 +46,15 @@ import keras
 from keras import ops
 
 from keras_siglip2.layers import l2_normalize
-from keras_siglip2.training.losses.sigmoid import per_example_sigmoid_loss
+from keras_siglip2.training.joint_selection import DEFAULT_NUM_CHUNKS, joint_selection
+from keras_siglip2.training.losses.sigmoid import pairwise_sigmoid_loss
 from keras_siglip2.training.resize import resize_images
 from keras_siglip2.checks import check_positive_int
 
-# The paper's keep ratios (fraction of the super-batch trained on) per model size.
-PAPER_KEEP_RATIOS = {"B/16": 0.5, "B/32": 0.75}
+# The paper's keep ratios (fraction of the super-batch trained on) per model size: one
+# minus SigLIP 2's filtering ratios (0.5 for B/16, 0.75 for B/32, sec. 2.5).
+PAPER_KEEP_RATIOS = {"B/16": 0.5, "B/32": 0.25}
+SELECTIONS = ("joint", "top_k")
 
 
 def at_tower_resolution(backbone, batch):
@@ -64,8 +78,11 @@ class ActiveCurator:
             `get_vision_embeddings(inputs)`, `get_text_embeddings(token_ids)` and
             `logit_head.log_temperature` / `logit_head.bias`), e.g. a larger trained
             model. Its weights are never updated here.
-        keep_ratio: float in (0, 1], the fraction of the super-batch kept (0.5 for
-            B/16, 0.75 for B/32).
+        keep_ratio: float in (0, 1], the fraction of the super-batch kept (one minus
+            the paper's filtering ratio: 0.5 for B/16, 0.25 for B/32).
+        selection: "joint" (JEST blockwise sampling on the pairwise learnability, as
+            ACID) or "top_k" (the top per-example scores).
+        num_chunks: blocks of the "joint" sampling (16, as JEST).
 
     Use: draw super-batches of `curator.super_batch_size(batch_size)` examples; in the
     train step, `batch = curator.select(learner_backbone, super_batch)` before the
@@ -80,7 +97,8 @@ class ActiveCurator:
     ```
     """
 
-    def __init__(self, reference_backbone, keep_ratio=0.5):
+    def __init__(self, reference_backbone, keep_ratio=0.5, selection="joint",
+                 num_chunks=DEFAULT_NUM_CHUNKS):
         for attribute in ("get_vision_embeddings", "get_text_embeddings", "logit_head"):
             if not hasattr(reference_backbone, attribute):
                 raise TypeError(
@@ -91,11 +109,16 @@ class ActiveCurator:
             0.0 < keep_ratio <= 1.0
         ):
             raise ValueError(
-                f"`keep_ratio` must be in (0, 1] (0.5 for B/16, 0.75 for B/32); got "
+                f"`keep_ratio` must be in (0, 1] (0.5 for B/16, 0.25 for B/32); got "
                 f"keep_ratio={keep_ratio!r}."
             )
+        if selection not in SELECTIONS:
+            raise ValueError(f"`selection` must be one of {SELECTIONS}; got "
+                             f"selection={selection!r}.")
         self.reference_backbone = reference_backbone
         self.keep_ratio = float(keep_ratio)
+        self.selection = selection
+        self.num_chunks = check_positive_int("num_chunks", num_chunks)
 
     # -------------------------------------------------------------------- sizes
     def super_batch_size(self, batch_size):
@@ -135,8 +158,9 @@ class ActiveCurator:
 
     # -------------------------------------------------------------------- scores
     @staticmethod
-    def example_losses(backbone, batch):
-        """(B,) float32 per-example sigmoid loss of `backbone` over the (super-)batch."""
+    def pair_losses(backbone, batch):
+        """(B, B) float32 sigmoid loss of every (image, text) pair of the (super-)batch
+        under `backbone`."""
         if not isinstance(batch, dict) or "token_ids" not in batch:
             raise ValueError(
                 "ACID scores dict batches with the vision inputs (e.g. 'images') and "
@@ -147,28 +171,42 @@ class ActiveCurator:
             backbone.get_vision_embeddings(at_tower_resolution(backbone, batch)), "float32"))
         ztxt = l2_normalize(ops.cast(backbone.get_text_embeddings(batch["token_ids"]), "float32"))
         head = backbone.logit_head
-        return per_example_sigmoid_loss(zimg, ztxt, head.log_temperature, head.bias)
+        return pairwise_sigmoid_loss(zimg, ztxt, head.log_temperature, head.bias)
 
-    def learnability(self, learner_backbone, batch):
-        """(B,) learner loss - reference loss, without gradient."""
-        learner = self.example_losses(learner_backbone, batch)
-        reference = self.example_losses(self.reference_backbone, batch)
+    @classmethod
+    def example_losses(cls, backbone, batch):
+        """(B,) float32 per-example sigmoid loss of `backbone` over the (super-)batch."""
+        return ops.sum(cls.pair_losses(backbone, batch), axis=1)
+
+    def learnability_matrix(self, learner_backbone, batch):
+        """(B, B) learner pair loss - reference pair loss, without gradient."""
+        learner = self.pair_losses(learner_backbone, batch)
+        reference = self.pair_losses(self.reference_backbone, batch)
         return ops.stop_gradient(learner - reference)
 
-    def _top(self, scores):
-        size = scores.shape[0]
+    def learnability(self, learner_backbone, batch):
+        """(B,) learner loss - reference loss per example (row sums of
+        `learnability_matrix`), without gradient."""
+        return ops.sum(self.learnability_matrix(learner_backbone, batch), axis=1)
+
+    def _indices(self, matrix, seed):
+        size = matrix.shape[0]
         if size is None:
             raise ValueError(
                 "ACID needs a static super-batch size (top-k of a fixed size inside a "
                 "jitted step): batch with drop_remainder=True."
             )
-        _, indices = ops.top_k(scores, self.num_selected(size), sorted=True)
+        k = self.num_selected(size)
+        if self.selection == "joint":
+            return joint_selection(matrix, k, self.num_chunks, seed=seed)
+        _, indices = ops.top_k(ops.sum(matrix, axis=1), k, sorted=True)
         return ops.cast(indices, "int32")
 
-    def select_indices(self, learner_backbone, batch):
-        """Indices (k,) int32 of the k = `num_selected(B)` most learnable examples,
-        most learnable first."""
-        return self._top(self.learnability(learner_backbone, batch))
+    def select_indices(self, learner_backbone, batch, seed=None):
+        """Indices (k,) int32 of the k = `num_selected(B)` examples kept: drawn by
+        joint learnability (in the order drawn), or the most learnable first
+        ("top_k"). `seed`: int or `keras.random.SeedGenerator` for "joint"."""
+        return self._indices(self.learnability_matrix(learner_backbone, batch), seed)
 
     @staticmethod
     def gather(batch, indices):
@@ -184,17 +222,17 @@ class ActiveCurator:
                 out[key] = value
         return out
 
-    def select(self, learner_backbone, batch):
+    def select(self, learner_backbone, batch, seed=None):
         """The curated training batch: every field of `batch` whose first axis is the
         super-batch size, gathered at `select_indices`; other fields unchanged."""
-        return self.select_with_scores(learner_backbone, batch)[0]
+        return self.select_with_scores(learner_backbone, batch, seed=seed)[0]
 
-    def select_with_scores(self, learner_backbone, batch):
-        """(`select`'s batch, its indices (k,), the learnability (B,) of every example
-        of the super-batch), from one scoring pass."""
-        scores = self.learnability(learner_backbone, batch)
-        indices = self._top(scores)
-        return self.gather(batch, indices), indices, scores
+    def select_with_scores(self, learner_backbone, batch, seed=None):
+        """(`select`'s batch, its indices (k,), the per-example learnability (B,) of
+        the super-batch), from one scoring pass."""
+        matrix = self.learnability_matrix(learner_backbone, batch)
+        indices = self._indices(matrix, seed)
+        return self.gather(batch, indices), indices, ops.sum(matrix, axis=1)
 
     # -------------------------------------------------------------------- pairing
     def check_learner(self, learner_backbone):
@@ -254,7 +292,8 @@ class ActiveCurator:
                 "(a SigLIP2Backbone)."
             )
         return {"reference_backbone": keras.layers.serialize(self.reference_backbone),
-                "keep_ratio": self.keep_ratio}
+                "keep_ratio": self.keep_ratio, "selection": self.selection,
+                "num_chunks": self.num_chunks}
 
     @classmethod
     def from_config(cls, config):
@@ -266,7 +305,7 @@ class ActiveCurator:
 
     def __repr__(self):
         return (f"ActiveCurator(reference={type(self.reference_backbone).__name__}, "
-                f"keep_ratio={self.keep_ratio})")
+                f"keep_ratio={self.keep_ratio}, selection={self.selection!r})")
 
 
 def resolve_curator(curator, learner_backbone):

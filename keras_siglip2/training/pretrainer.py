@@ -820,7 +820,8 @@ class SigLIP2Pretrainer(keras.Model):
         self.check_batch(super_batch)
         size = super_batch["token_ids"].shape[0]
         self.curator.check_super_batch_size(size)
-        batch, indices, scores = self.curator.select_with_scores(self.backbone, super_batch)
+        batch, indices, scores = self.curator.select_with_scores(
+            self.backbone, super_batch, seed=self.seed_generator)
         kept = indices.shape[0]
         return batch, {
             "acid_learnability": ops.mean(ops.take(scores, indices, axis=0)),
@@ -830,7 +831,7 @@ class SigLIP2Pretrainer(keras.Model):
     def loss_terms(self, inputs, training=False):
         """The loss terms of one (already curated) batch."""
         from keras_siglip2.training.losses import (
-            locca_loss,
+            locca_loss_from_features,
             masked_prediction_loss,
             self_distillation_loss,
             update_center,
@@ -863,15 +864,18 @@ class SigLIP2Pretrainer(keras.Model):
             parallel = inputs.get("locca_parallel")
             if parallel is None:
                 parallel = self._random_parallel(batch_size)
-            logits = self.decoder(
+            features = self.decoder(
                 inputs["decoder_token_ids"],
                 tokens,
                 parallel=ops.cast(parallel, "int32"),
                 image_key_mask=image_key_mask,
                 prefix_mask=inputs.get("decoder_prefix_mask"),
+                return_features=True,
             )
-            terms["locca"] = locca_loss(
-                logits, inputs["decoder_targets"], inputs["decoder_weights"]
+            output = self.decoder.logits_dense
+            terms["locca"] = locca_loss_from_features(
+                features, output.kernel, output.bias, inputs["decoder_targets"],
+                inputs["decoder_weights"],
             )
 
         zero = ops.zeros((), "float32")

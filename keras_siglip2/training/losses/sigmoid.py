@@ -58,8 +58,10 @@ def sigmoid_logits(zimg, ztxt, log_temperature, bias):
     return ops.matmul(zimg, ops.transpose(ztxt)) * ops.exp(log_t) + b
 
 
-def per_example_sigmoid_loss(zimg, ztxt, log_temperature, bias):
-    """Per-image loss (B,): -sum_j log_sigmoid(labels_ij * logits_ij).
+def pairwise_sigmoid_loss(zimg, ztxt, log_temperature, bias):
+    """(B, B) loss of every (image i, text j) pair: -log_sigmoid(labels_ij * logits_ij),
+    labels +1 on the diagonal and -1 elsewhere. The loss of any sub-batch S is the sum
+    of this matrix over S x S divided by |S| (what joint example selection scores).
 
     Args:
         zimg, ztxt: (B, D) L2-normalized image and text embeddings; row i of each
@@ -69,7 +71,13 @@ def per_example_sigmoid_loss(zimg, ztxt, log_temperature, bias):
     """
     logits = sigmoid_logits(zimg, ztxt, log_temperature, bias)
     labels = 2.0 * ops.eye(ops.shape(logits)[0], dtype="float32") - 1.0
-    return -ops.sum(ops.log_sigmoid(labels * logits), axis=1)
+    return -ops.log_sigmoid(labels * logits)
+
+
+def per_example_sigmoid_loss(zimg, ztxt, log_temperature, bias):
+    """Per-image loss (B,): -sum_j log_sigmoid(labels_ij * logits_ij), the row sums of
+    `pairwise_sigmoid_loss`."""
+    return ops.sum(pairwise_sigmoid_loss(zimg, ztxt, log_temperature, bias), axis=1)
 
 
 def sigmoid_loss(zimg, ztxt, log_temperature, bias):
