@@ -1,5 +1,6 @@
 """Training data for the SigLIP 2 recipe (paper sec. 2): image-text sources and tf.data
-pipelines, multi-view augmentation, LocCa targets, filters and the synthetic demo data.
+pipelines, multi-view augmentation, LocCa targets, filters, M4 data balancing and the
+synthetic demo data.
 
 Submodules are imported on use (they need TensorFlow): `pipeline.image_text_dataset`,
 `locca_targets.make_locca_targets`, `synthetic.synthetic_dataset`, ...
@@ -12,6 +13,8 @@ _LAZY = {
     "heldout_split": "synthetic",
     "train_tokenizer": "synthetic",
     "generate_examples": "synthetic",
+    "MomentMatchingBalancer": "balancing",
+    "keyword_annotator": "balancing",
 }
 
 

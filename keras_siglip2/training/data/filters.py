@@ -16,8 +16,11 @@ module ships one example, `GenderedTermRebalancer`, working on English captions:
   is replaced by its counterpart ("a man and his dog" -> "a woman and her dog").
 
 Decisions are random but deterministic: a function of `seed` and of the example
-(caption, shard, record), the same in every epoch and on every host. The real WebLI
-filters are not public; this one is a simple, documented stand-in showing the hook.
+(caption, shard, record), the same in every epoch and on every host. The paper's own
+de-biasing is the moment matching of "CLIP the Bias" (`balancing.MomentMatchingBalancer`,
+which bounds both biases over user-given attribute and proxy annotations); this
+rebalancer is a simple built-in for English captions, and its word lists serve as the
+attribute annotator of the balancer (`balancing.keyword_annotator`).
 """
 
 import numpy as np
