@@ -463,7 +463,9 @@ def initialize_multihost(coordinator_address=None, num_processes=None, process_i
 
     Timeouts: `initialization_timeout` (env SIGLIP2_DISTRIBUTED_INIT_TIMEOUT, default
     300 s) bounds the wait for the coordinator and the other processes; a coordinator
-    that cannot be reached raises a RuntimeError naming its address and the timeout.
+    that cannot be reached raises a RuntimeError naming its address and the timeout
+    (a process that reaches it but not all its peers in time is ended by JAX's
+    distributed runtime, DEADLINE_EXCEEDED, after the same timeout).
     `heartbeat_timeout` (env SIGLIP2_DISTRIBUTED_HEARTBEAT_TIMEOUT, default 100 s): a
     process that stops answering (killed, lost host) makes the others fail after about
     that long instead of hanging.
@@ -489,25 +491,41 @@ def initialize_multihost(coordinator_address=None, num_processes=None, process_i
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         # Cross-process collectives on CPU devices (no effect on TPU / GPU devices).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(
-            coordinator_address=address, num_processes=num_processes,
-            process_id=process_id, initialization_timeout=init_timeout,
-            heartbeat_timeout_seconds=heartbeat,
-        )
-    except Exception as e:  # noqa: BLE001 - re-raised with the address and timeout
-        text = str(e)
-        if address and ("DEADLINE_EXCEEDED" in text or "UNAVAILABLE" in text
-                        or "timed out" in text.lower() or "Barrier" in text):
-            raise RuntimeError(
-                f"Could not join the multi-host run: the coordinator {address!r} "
-                f"(process {process_id} of {num_processes}) did not answer within "
-                f"{init_timeout} s (${ENV_INIT_TIMEOUT}). Check that every host runs "
-                "the same command, that process 0 runs on that address and that the "
-                f"port is open. ({type(e).__name__}: {text.splitlines()[0][:300]})"
-            ) from e
-        raise
+    if address and process_id not in (None, 0):
+        # XLA's client aborts the process (no Python error) when the coordinator does
+        # not answer: wait for its port here, with a clear error.
+        _wait_for_coordinator(address, init_timeout, process_id, num_processes)
+    jax.distributed.initialize(
+        coordinator_address=address, num_processes=num_processes,
+        process_id=process_id, initialization_timeout=init_timeout,
+        heartbeat_timeout_seconds=heartbeat,
+    )
     return jax.process_count()
+
+
+def _wait_for_coordinator(address, timeout, process_id, num_processes):
+    """Waits up to `timeout` s until the coordinator's "host:port" accepts a TCP
+    connection; raises a RuntimeError naming the address otherwise."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "localhost"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except (OSError, ValueError) as e:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"Could not join the multi-host run: the coordinator {address!r} "
+                    f"(process {process_id} of {num_processes} waiting) did not answer "
+                    f"within {timeout} s (${ENV_INIT_TIMEOUT}). Check that process 0 runs "
+                    "the same command on that address and that the port is open. "
+                    f"({type(e).__name__}: {e})"
+                ) from e
+        time.sleep(0.5)
 
 
 def process_count():
