@@ -22,7 +22,11 @@ sharded FSDP-style (paper sec. 2; big_vision's `fsdp` sharding). Here:
   replicate, with a one-line warning naming it, a variable whose sharded dimension the
   model axis does not divide, e.g. a LocCa vocabulary of 1801).
 - `initialize_multihost()` starts JAX's multi-process runtime
-  (`jax.distributed.initialize()`) on TPU pods / multi-host GPU clusters; call it first.
+  (`jax.distributed.initialize()`, with bounded start-up and heartbeat timeouts, gloo
+  collectives on CPU) on TPU pods / multi-host GPU clusters; call it first. Helpers
+  for code running on every host: `to_numpy` (reads a sharded array, gathering it
+  across hosts), `barrier`, `check_same_on_all_hosts` (mismatched commands named at
+  start-up) and `gathered_copy` (an unsharded copy of a model on process 0, to save).
 
 The sigmoid loss across devices is `keras_siglip2.training.losses.distributed`;
 `SigLIP2Pretrainer` switches to it by itself under a distribution whose batch axis spans
@@ -594,3 +598,31 @@ def check_same_on_all_hosts(fields):
             f"arguments: {', '.join(differ)} differ between hosts (process "
             f"{jax.process_index()} has {mine}). Run the same command on every host."
         )
+
+
+def gathered_copy(model):
+    """The model to save from a multi-host run: every process calls it (the sharded
+    weights are gathered across the hosts, a collective); process 0 gets an unsharded
+    copy built from `model.get_config()` with those weights, the others None. On one
+    host it returns `model` itself (its arrays are all local).
+
+        trained = gathered_copy(pretrainer.backbone)
+        if trained is not None:
+            trained.save_to_preset("trained")
+        barrier("preset_written")
+    """
+    if process_count() == 1:
+        return model
+    import jax
+
+    values = [to_numpy(w) for w in model.weights]
+    if jax.process_index() != 0:
+        return None
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        copy = type(model).from_config(model.get_config())
+        copy.set_weights(values)
+    finally:
+        keras.distribution.set_distribution(distribution)
+    return copy

@@ -250,29 +250,6 @@ def _check_same_command(num_hosts, **fields):
         check_same_on_all_hosts(fields)
 
 
-def _gathered_backbone(backbone, num_hosts, host_index):
-    """The backbone to save as the preset: itself on one host; on several, every
-    process gathers the (sharded) weights and process 0 gets an unsharded copy with
-    them (None on the others)."""
-    if num_hosts == 1:
-        return backbone
-    import keras
-
-    from keras_siglip2.distribution import to_numpy
-
-    values = [to_numpy(w) for w in backbone.weights]  # collective: every process
-    if host_index != 0:
-        return None
-    distribution = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
-        copy = type(backbone).from_config(backbone.get_config())
-        copy.set_weights(values)
-    finally:
-        keras.distribution.set_distribution(distribution)
-    return copy
-
-
 def _make_callbacks(total_steps, verbose):
     import keras
 
@@ -513,7 +490,9 @@ def train(
     train_s = time.time() - t1
     final_step = _step_of(pretrainer)
 
-    trained = _gathered_backbone(pretrainer.backbone, num_hosts, host_index)
+    from keras_siglip2.distribution import gathered_copy
+
+    trained = gathered_copy(pretrainer.backbone)  # on process 0; None on the others
     if host_index == 0:
         save_preset(trained, preset_out, tokenizer=tokenizer,
                     image_converter=preprocessor.image_converter, overwrite=True)

@@ -210,8 +210,9 @@ MID_WRITE, AFTER_COMMIT = "mid-write", "after a commit"
 
 
 @pytest.mark.parametrize("moments", [
-    (MID_WRITE,),
-    pytest.param((MID_WRITE, AFTER_COMMIT, MID_WRITE, AFTER_COMMIT), marks=pytest.mark.large),
+    (AFTER_COMMIT, MID_WRITE),
+    pytest.param((MID_WRITE, AFTER_COMMIT, MID_WRITE, AFTER_COMMIT, MID_WRITE),
+                 marks=pytest.mark.large),
 ])
 def test_sigkill_at_any_moment_never_blocks_resumption(setup, tmp_path, moments):
     """A real single-host `siglip2 train` (6 steps, a checkpoint after every step),
@@ -246,7 +247,7 @@ def test_sigkill_at_any_moment_never_blocks_resumption(setup, tmp_path, moments)
     assert code == 0, output[-3000:]
     summary = json.loads((tmp_path / "killed" / "train_summary.json").read_text())
     assert summary["start_step"] == last and summary["steps"] == 6, (summary, seen)
-    print(f"kills {seen}; restore {summary['timings_s']['checkpoint_restore_s']:.2f} s, "
+    print(f"kills {seen}; restore {summary['timings_s']['checkpoint_restore_s']} s, "
           f"saves {summary['timings_s']['checkpoint_save_s']} s")
     assert last > 0, seen
     assert not os.path.exists(backup)
