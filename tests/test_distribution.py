@@ -279,24 +279,36 @@ def test_layout_map_covers_teacher_decoder_and_heads():
         assert layout_map[path] is None, path
 
 
-def test_model_parallel_names_a_variable_it_cannot_shard():
-    """A sharded dimension the model axis does not divide (e.g. a LocCa vocabulary)
-    raises a ValueError naming the variable when it is created."""
+def test_model_parallel_replicates_a_variable_it_cannot_shard():
+    """A sharded dimension the model axis does not divide (the LocCa output kernel of a
+    vocabulary 1801 = 777 tokens + 1024 location bins, on model=2) is replicated with
+    one warning naming the variable; a divisible one stays sharded; a spec of the wrong
+    rank is an error."""
+    import warnings
+
     from keras_siglip2.distribution import SigLIP2ModelParallel, get_layout_map
 
-    layout_map = get_layout_map(fake_mesh((1, 3)))
+    layout_map = get_layout_map(fake_mesh((4, 2)))
     distribution = SigLIP2ModelParallel(layout_map=layout_map, batch_dim_name="batch")
 
     class Variable:
         path = "locca_decoder/logits/kernel"
-        shape = (64, 2024)
+        shape = (64, 1801)
         _layout = None
 
-    with pytest.raises(ValueError, match=r"'locca_decoder/logits/kernel' of shape \(64, 2024\).*2024 is not divisible by the 3 devices of axis 'model'"):
-        distribution.get_variable_layout(Variable())
-    Variable.shape = (64, 2025)
-    assert tuple(distribution.get_variable_layout(Variable()).axes) == (None, "model")
-    Variable.shape = (2025,)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tuple(distribution.get_variable_layout(Variable()).axes) == (None, None)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert "'locca_decoder/logits/kernel' of shape (64, 1801) is replicated" in messages[0]
+    assert "1801 is not divisible by the 2 devices of axis 'model'" in messages[0]
+    Variable.shape = (64, 1802)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tuple(distribution.get_variable_layout(Variable()).axes) == (None, "model")
+    assert not caught
+    Variable.shape = (1802,)
     with pytest.raises(ValueError, match="has rank 2, but the variable has shape"):
         distribution.get_variable_layout(Variable())
 

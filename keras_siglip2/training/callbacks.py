@@ -28,6 +28,8 @@ import math
 import keras
 import numpy as np
 
+from keras_siglip2.distribution import to_numpy
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names the step and the terms."""
@@ -116,7 +118,7 @@ class _ProgressCallback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._step is None:
-            self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._step = int(to_numpy(self.model.optimizer.iterations))
         self._begin = batch
         if self._step >= self.switch_at:
             self.on_stage(self._step)
@@ -226,14 +228,14 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._step is None:
-            self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._step = int(to_numpy(self.model.optimizer.iterations))
         self._begin = batch
 
     def on_train_batch_end(self, batch, logs=None):
         bad = []
         for name, value in (logs or {}).items():
             if name == "loss" or name.endswith("_loss"):
-                value = float(np.asarray(keras.ops.convert_to_numpy(value)))
+                value = float(to_numpy(value))
                 if not math.isfinite(value):
                     bad.append((name, value))
         if bad:

@@ -532,7 +532,9 @@ class SigLIP2Pretrainer(keras.Model):
     @property
     def self_distillation_started(self):
         """Whether SILC / TIPS are active (read from the saved stage variable)."""
-        return bool(float(ops.convert_to_numpy(self.self_distillation_active.value)) > 0.5)
+        from keras_siglip2.distribution import to_numpy
+
+        return bool(float(to_numpy(self.self_distillation_active.value)) > 0.5)
 
     def start_self_distillation(self):
         """The 80 % stage switch: re-initializes the student's SILC / TIPS heads and mask
@@ -546,7 +548,9 @@ class SigLIP2Pretrainer(keras.Model):
         with self.editing_state():
             # Seeded by the (saved) seed-generator state, so that a run resumed from a
             # checkpoint re-initializes exactly as the uninterrupted run.
-            state = np.asarray(ops.convert_to_numpy(self.seed_generator.state), np.int64)
+            from keras_siglip2.distribution import to_numpy
+
+            state = np.asarray(to_numpy(self.seed_generator.state), np.int64)
             seed = int(np.sum(state * np.array([1, 7919][: state.size]))) % (2**31 - 1)
             for i, head in enumerate((self.silc_head, self.tips_head)):
                 if head is not None:

@@ -205,22 +205,55 @@ def _locca_options(decoder, tokenizer):
 
 
 def _restored_step(pretrainer, backup_dir):
-    """The optimizer step of the checkpoint in `backup_dir` (0 without one); loads it
-    into `pretrainer` (BackupAndRestore loads it again at the start of fit)."""
-    import keras
-
+    """Non-JAX backends: the optimizer step of the `BackupAndRestore` checkpoint in
+    `backup_dir` (0 without one); loads it into `pretrainer` (BackupAndRestore loads it
+    again at the start of fit)."""
     path = os.path.join(backup_dir, "latest.weights.h5")
     if not os.path.isfile(path):
         return 0
     if not pretrainer.optimizer.built:
         pretrainer.optimizer.build(pretrainer.trainable_variables)
     pretrainer.load_weights(path)
-    return int(keras.ops.convert_to_numpy(pretrainer.optimizer.iterations))
+    return _step_of(pretrainer)
+
+
+def _step_of(model):
+    from keras_siglip2.distribution import to_numpy
+
+    return int(to_numpy(model.optimizer.iterations))
+
+
+def _data_fingerprint(data_paths):
+    """[(file, size)] of every file the data paths name (folders listed, patterns
+    expanded): equal on all hosts when they read the same data."""
+    import tensorflow as tf
+
+    files = []
+    for path in data_paths:
+        if any(c in path for c in "*?["):
+            names = tf.io.gfile.glob(path)
+        elif tf.io.gfile.isdir(path):
+            names = [os.path.join(path, n) for n in tf.io.gfile.listdir(path)]
+        else:
+            names = [path]
+        for name in sorted(names):
+            size = None if tf.io.gfile.isdir(name) else tf.io.gfile.stat(name).length
+            files.append([os.path.abspath(name) if "://" not in name else name, size])
+    return files
+
+
+def _check_same_command(num_hosts, **fields):
+    """Mismatched commands across hosts fail at start-up, naming what differs."""
+    if num_hosts > 1:
+        from keras_siglip2.distribution import check_same_on_all_hosts
+
+        check_same_on_all_hosts(fields)
 
 
 def _make_callbacks(total_steps, verbose):
     import keras
-    import numpy as np
+
+    from keras_siglip2.distribution import to_numpy
 
     from keras_siglip2.console import progress_bar
 
@@ -236,7 +269,7 @@ def _make_callbacks(total_steps, verbose):
             self.bar = None
 
         def _iterations(self):
-            return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            return _step_of(self.model)
 
         def on_train_begin(self, logs=None):
             self.bar = progress_bar(total_steps, verbose=verbose)
@@ -248,7 +281,7 @@ def _make_callbacks(total_steps, verbose):
 
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
-            self.last_logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
+            self.last_logs = {k: float(to_numpy(v)) for k, v in (logs or {}).items()}
             loss = self.last_logs.get("loss")
             if self.bar is not None:
                 self.bar.update(min(self.step, total_steps),
@@ -257,7 +290,7 @@ def _make_callbacks(total_steps, verbose):
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
-            logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
+            logs = {k: float(to_numpy(v)) for k, v in (logs or {}).items()}
             self.records.append({"step": self.step, **logs})
 
     return TrainProgress()
@@ -351,6 +384,15 @@ def train(
         import jax
 
         host_index = jax.process_index()
+        verbose = verbose and host_index == 0
+        _check_same_command(
+            num_hosts, preset=_preset_fingerprint(preset_path),
+            data=_data_fingerprint(data_paths), steps=steps, batch_size=batch_size,
+            mesh=mesh, decoder=bool(decoder), self_distillation=self_distillation,
+            masked_prediction=masked_prediction, learning_rate=learning_rate, seed=seed,
+            checkpoint_every=checkpoint_every, data_format=data_format,
+            default_language=default_language,
+            naflex_sequence_lengths=naflex_sequence_lengths, out_dir=out_dir)
         if batch_size % num_hosts:
             raise ValueError(
                 f"`batch_size`={batch_size} (global) must be divisible by the number of "
@@ -392,7 +434,15 @@ def train(
         masked_prediction=mp, seed=seed,
     )
     pretrainer.compile(learning_rate=learning_rate, total_steps=steps)
-    start_step = _restored_step(pretrainer, backup_dir)
+    # JAX: orbax checkpoints (atomic, sharded, multi-host); other backends: Keras'
+    # BackupAndRestore (.weights.h5, one host).
+    checkpoints = None
+    if keras.backend.backend() == "jax":
+        from keras_siglip2.training.checkpoint import restore_latest
+
+        start_step, checkpoints = restore_latest(pretrainer, backup_dir)
+    else:
+        start_step = _restored_step(pretrainer, backup_dir)
     if start_step >= steps:
         raise ValueError(
             f"The backup in {backup_dir} is already at step {start_step} >= steps={steps}; "
@@ -421,7 +471,13 @@ def train(
     steps_per_epoch = checkpoint_every
     epochs = math.ceil(steps / steps_per_epoch)
     progress = _make_callbacks(steps, verbose)
-    callbacks = [keras.callbacks.BackupAndRestore(backup_dir), progress, *(callbacks or [])]
+    if checkpoints is not None:
+        from keras_siglip2.training.checkpoint import CheckpointCallback
+
+        backup = CheckpointCallback(checkpoints, total_steps=steps)
+    else:
+        backup = keras.callbacks.BackupAndRestore(backup_dir)
+    callbacks = [backup, progress, *(callbacks or [])]
     if pretrainer.uses_teacher:
         callbacks.insert(0, LossCurriculum(total_steps=steps))
     if verbose:
@@ -430,12 +486,16 @@ def train(
         print(f"Training {preset} for {steps} steps (batch {batch_size}; losses: {terms}"
               f"{resumed}).")
     t1 = time.time()
+    initial_epoch = start_step // steps_per_epoch if checkpoints is not None else 0
     pretrainer.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                   callbacks=callbacks, verbose=0, shuffle=False)
+                   callbacks=callbacks, verbose=0, shuffle=False,
+                   initial_epoch=initial_epoch)
     train_s = time.time() - t1
-    final_step = int(keras.ops.convert_to_numpy(pretrainer.optimizer.iterations))
+    final_step = _step_of(pretrainer)
 
-    trained = pretrainer.backbone
+    from keras_siglip2.distribution import gathered_copy
+
+    trained = gathered_copy(pretrainer.backbone)  # on process 0; None on the others
     if host_index == 0:
         save_preset(trained, preset_out, tokenizer=tokenizer,
                     image_converter=preprocessor.image_converter, overwrite=True)
@@ -460,16 +520,46 @@ def train(
         "preset_path": preset_out,
         "summary_path": os.path.join(out_dir, "train_summary.json"),
         "seed": seed,
-        "timings_s": {"train_s": train_s, "total_s": time.time() - t0},
+        "timings_s": {"train_s": train_s, "total_s": time.time() - t0,
+                      **_checkpoint_timings(checkpoints, backup)},
     }
     if host_index == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(summary["summary_path"], "w") as f:
             json.dump(summary, f, indent=2)
+    if checkpoints is not None:
+        _finish_checkpoints(checkpoints, host_index)
     if verbose:
         print(f"Trained {final_step} steps (loss {summary['final_loss']}). Wrote preset "
               f"{preset_out} and {summary['summary_path']}.")
     return summary
+
+
+def _preset_fingerprint(preset_path):
+    """The preset's config.json text (a directory) or its name."""
+    path = os.path.join(preset_path, "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return f.read()
+    return str(preset_path)
+
+
+def _checkpoint_timings(checkpoints, backup):
+    if checkpoints is None:
+        return {}
+    return {"checkpoint_restore_s": checkpoints.last_restore_s,
+            "checkpoint_save_s": list(backup.save_times)}
+
+
+def _finish_checkpoints(checkpoints, host_index):
+    """A finished run drops its checkpoints: every process waits for process 0 to have
+    written the preset and the summary, then process 0 deletes them."""
+    from keras_siglip2.distribution import barrier
+
+    checkpoints.close()
+    barrier("siglip2_train_written")
+    if host_index == 0:
+        checkpoints.delete_all()
 
 
 def _report_dict(dataset):

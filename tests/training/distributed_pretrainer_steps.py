@@ -17,6 +17,7 @@ preset for 2 steps, reporting the sharding of the pretrainer it built.
 """
 
 import json
+import warnings
 
 import numpy as np
 
@@ -248,9 +249,17 @@ def layouts(fit_meshes=tuple(name for name, _ in LAYOUTS)):
             # Raised before the train step was even traced (it never called the loss).
             errors[name + "_traced"] = model.sigmoid_loss_fn.last_mode is not None
     distribution = D.setup_distribution("batch=1,model=8", set_global=False)
-    with distribution.scope():
-        # LocCa vocabulary 1000 + 20 = 1020 is not divisible by 8.
-        errors["decoder_vocabulary"] = error_of(lambda: make_pretrainer(num_bins=20))
+    with distribution.scope(), warnings.catch_warnings(record=True) as caught:
+        # LocCa vocabulary 1000 + 20 = 1020 is not divisible by 8: replicated, warned.
+        warnings.simplefilter("always")
+        odd = make_pretrainer(num_bins=20)
+        kernel = odd.decoder.logits_dense.kernel
+        result["odd_vocabulary"] = {
+            "warnings": [str(w.message) for w in caught if "replicated" in str(w.message)],
+            "spec": list(getattr(kernel.value.sharding, "spec", ())),
+            "shape": list(kernel.shape),
+            "device_shape": list(kernel.value.addressable_shards[0].data.shape),
+        }
     errors["bad_mode"] = error_of(lambda: SigLIP2Pretrainer(
         reference.backbone, decoder=None, self_distillation=False, masked_prediction=False,
         sigmoid_loss="ring"))

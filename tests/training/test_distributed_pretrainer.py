@@ -170,9 +170,21 @@ def test_bad_meshes_fail_before_any_work(layouts):
         assert "global batch size 6 of an input of shape (6, " in errors[name], errors[name]
         assert f"'batch' axis of the mesh ({devices} devices)" in errors[name], errors[name]
         assert errors[name + "_traced"] is False  # the train step was never traced
-    assert "'locca_decoder/logits/kernel' of shape (64, 1020)" in errors["decoder_vocabulary"]
-    assert "1020 is not divisible by the 8 devices of axis 'model'" in errors["decoder_vocabulary"]
     assert "`sigmoid_loss` must be one of" in errors["bad_mode"] and "'ring'" in errors["bad_mode"]
+
+
+def test_vocabulary_the_model_axis_does_not_divide_is_replicated(layouts):
+    """A LocCa vocabulary of 1020 on a model axis of 8 (as 1801 = 777 + 1024 bins on
+    model=2): the output kernel is replicated (every device holds all of it) with one
+    warning naming it, instead of failing."""
+    odd = layouts["odd_vocabulary"]
+    assert odd["shape"] == [64, 1020]
+    assert odd["device_shape"] == [64, 1020]
+    assert all(axis is None for axis in odd["spec"]), odd["spec"]
+    assert len(odd["warnings"]) == 1, odd["warnings"]
+    message = odd["warnings"][0]
+    assert "'locca_decoder/logits/kernel' of shape (64, 1020) is replicated" in message
+    assert "1020 is not divisible by the 8 devices of axis 'model'" in message
 
 
 @pytest.mark.large

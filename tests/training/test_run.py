@@ -212,7 +212,7 @@ def test_resumed_run_matches_an_uninterrupted_one(setup, tmp_path):
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         _train(setup, out, steps=4, checkpoint_every=2, callbacks=[Crash()])
-    assert (out / "backup" / "latest.weights.h5").is_file()
+    assert (out / "backup" / "2" / "commit_success.txt").is_file()  # orbax, complete
     resumed = _train(setup, out, steps=4, checkpoint_every=2)
     assert resumed["start_step"] == 2 and resumed["steps"] == 4
     straight = _train(setup, tmp_path / "straight", steps=4, checkpoint_every=2)
