@@ -7,6 +7,7 @@ import keras
 from keras_hub.models import Backbone
 
 from keras_siglip2.layers import SigLIP2LogitHead
+from keras_siglip2.models.layout_map import get_layout_map
 from keras_siglip2.models.preset_files import (
     readable_preset_weights,
     require_preset_weights,
@@ -123,9 +124,7 @@ class SigLIP2Backbone(Backbone):
     ):
         """A `keras.distribution.LayoutMap` sharding every large variable (towers,
         heads, LocCa decoder, teacher copies) FSDP-style over the model axis; see
-        `keras_siglip2.distribution.get_layout_map`."""
-        from keras_siglip2.distribution import get_layout_map
-
+        `keras_siglip2.models.layout_map.get_layout_map`."""
         return get_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
 
     @classmethod

@@ -47,6 +47,16 @@ def test_warmup_fraction_and_deferred_length():
     )
 
 
+@pytest.mark.parametrize("total, warmup", [
+    (1_220_000, 20_000),  # the paper's run: 40B examples at batch 32k, 20k warmup steps
+    (400_000, 20_000),    # 5 % of it is exactly 20k
+    (100_000, 5_000),     # shorter: capped at 5 %
+    (1_000, 50),
+])
+def test_default_warmup_is_the_papers_capped_for_short_runs(total, warmup):
+    assert WarmupCosineSchedule(total_steps=total).warmup_steps == warmup
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
