@@ -10,17 +10,25 @@ and fits it for `steps` optimizer steps. Then it saves the trained backbone, tok
 and image converter as a preset (`out_dir/preset`, loadable by `from_preset` and every
 `siglip2 --preset`) and writes `out_dir/train_summary.json`.
 
-Resumption: `keras.callbacks.BackupAndRestore` keeps a checkpoint in `out_dir/backup`
-every `checkpoint_every` steps; running the same command again after an interruption
-restores the weights, optimizer and curriculum stage, and the dataset restarts at the
-next unseen batch (`start_batch` = the restored optimizer step). A finished run deletes
-its backup.
+Resumption (JAX): every `checkpoint_every` steps an orbax checkpoint
+(`training.checkpoint`: atomic, sharded arrays written by the hosts holding them) of
+the weights, optimizer, EMA teacher, curriculum stage and RNG goes to
+`out_dir/backup/<step>`; running the same command again after an interruption (even a
+SIGKILL during a write) restores the newest complete one, and the dataset restarts at
+the next unseen batch (`start_batch` = the restored step). A finished run deletes its
+checkpoints. Other backends: `keras.callbacks.BackupAndRestore` (`.weights.h5`, one
+host).
 
 Distribution (`mesh="batch=4,model=2"`, JAX): the multi-host runtime is started
-(`distribution.initialize_multihost`, skipped on a single host) and
-`distribution.setup_distribution` checks the mesh against the devices, the global batch
-and the model before anything is built. `batch_size` is the global batch; each host reads
-`batch_size / num_hosts` examples per step from its own share of the data.
+(`distribution.initialize_multihost`, skipped on a single host), the hosts check that
+they run the same command (`check_same_on_all_hosts`: preset, data files, steps,
+batch, mesh, losses, seed, output folder) and `distribution.setup_distribution`
+checks the mesh against the devices, the global batch and the model before anything
+is built. `batch_size` is the global batch; each host reads `batch_size / num_hosts`
+examples per step from its own share of the data. At the end the weights are
+gathered across the hosts (`gathered_copy`) and process 0 writes the preset and the
+summary while the others wait at a barrier. The output folder must be shared by the
+hosts.
 
 NaFlex presets (sec. 2.4.2) train with the sigmoid and LocCa losses only (no SILC /
 TIPS, as the paper's NaFlex stage): the pipeline gives NaFlex views (aspect-preserving
