@@ -4,7 +4,11 @@ transformer blocks, MAP head and LocCa decoder cross-attention).
 Self-attention uses one fused query/key/value projection (one matmul instead of three);
 cross-attention projects the query from its own input and key/value jointly from the
 context. The attention itself goes through `keras.ops.dot_product_attention`, so each
-backend may pick its fused kernel (cuDNN / flash on GPU, splash on TPU).
+backend may pick its fused kernel (cuDNN / flash on GPU, splash on TPU). One exception:
+JAX's XLA attention does not compile for float16 inputs on CPU (jax 0.10: "The precision
+'F16_F16_F32' is not supported by dot_general on CPU", under `jit` only), so there a
+float16 attention (the mixed_float16 policy) runs in float32 and is rounded back to
+float16; CPUs have no float16 speed to lose. Every other case is unchanged.
 """
 
 import keras
@@ -12,6 +16,23 @@ from keras import ops
 
 from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import dense_kernel_init
+
+
+def _float16_on_jax_cpu(x):
+    if keras.backend.backend() != "jax" or keras.backend.standardize_dtype(x.dtype) != "float16":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def attend(q, k, v, mask=None):
+    """`ops.dot_product_attention(q, k, v, mask=mask)`, in float32 for float16 inputs
+    on JAX's CPU backend (see the module docstring)."""
+    if _float16_on_jax_cpu(q):
+        q, k, v = (ops.cast(t, "float32") for t in (q, k, v))
+        return ops.cast(ops.dot_product_attention(q, k, v, mask=mask), "float16")
+    return ops.dot_product_attention(q, k, v, mask=mask)
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -89,7 +110,7 @@ class SigLIP2Attention(ConfigAttributes, keras.layers.Layer):
             allowed = ops.cast(attention_mask, "bool")
             allowed = allowed[:, None] if len(allowed.shape) == 3 else allowed[None, None]
             mask = allowed if mask is None else ops.logical_and(mask, allowed)
-        out = ops.dot_product_attention(q, k, v, mask=mask)
+        out = attend(q, k, v, mask=mask)
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
         return self.output_dense(out)

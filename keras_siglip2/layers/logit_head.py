@@ -26,7 +26,14 @@ def l2_normalize(x, axis=-1):
 class SigLIP2LogitHead(ConfigAttributes, keras.layers.Layer):
     """Holds t and b; maps (B_img, D), (B_txt, D) embeddings to (B_img, B_txt) logits.
 
-    Computed in float32 whatever the dtype policy: the logits feed a loss and a sigmoid.
+    The layer follows its dtype policy like every keras-hub layer (t and b are
+    variables of the policy's variable dtype, the outputs have its compute dtype, as
+    keras-hub's backbone harness requires), but the arithmetic is float32 whatever
+    the policy: the embeddings are cast to float32 before the L2 normalization and
+    t and b are read without autocasting, so only the final logits are rounded to
+    the compute dtype (float16 or bfloat16 under the mixed policies). Losses need
+    float32 logits: `float32_logits` returns them unrounded (the training losses
+    compute them from the embeddings and t, b themselves, in float32).
     """
 
     CONFIG_KEYS = ("temperature_init", "bias_init")
@@ -40,30 +47,30 @@ class SigLIP2LogitHead(ConfigAttributes, keras.layers.Layer):
         self.log_temperature = self.add_weight(
             shape=(1,),
             initializer=keras.initializers.Constant(math.log(self.temperature_init)),
-            dtype="float32",
+            autocast=False,
             name="log_temperature",
         )
         self.bias = self.add_weight(
             shape=(1,),
             initializer=keras.initializers.Constant(self.bias_init),
-            dtype="float32",
+            autocast=False,
             name="bias",
         )
         self.built = True
 
-    def call(self, vision_embeddings, text_embeddings):
+    def float32_logits(self, vision_embeddings, text_embeddings):
+        """(vision_logits, text_logits) in float32 under any dtype policy."""
         zimg = l2_normalize(ops.cast(vision_embeddings, "float32"))
         ztxt = l2_normalize(ops.cast(text_embeddings, "float32"))
         logits = ops.matmul(zimg, ops.transpose(ztxt))
-        logits = logits * ops.exp(self.log_temperature) + self.bias
+        temperature = ops.exp(ops.cast(self.log_temperature, "float32"))
+        logits = logits * temperature + ops.cast(self.bias, "float32")
         return logits, ops.transpose(logits)
 
-    def compute_output_shape(self, vision_shape, text_shape):
-        return (vision_shape[0], text_shape[0]), (text_shape[0], vision_shape[0])
+    def call(self, vision_embeddings, text_embeddings):
+        logits = self.float32_logits(vision_embeddings, text_embeddings)
+        return tuple(ops.cast(x, self.compute_dtype) for x in logits)
 
-    def compute_output_spec(self, vision_embeddings, text_embeddings):
-        v, t = vision_embeddings.shape[0], text_embeddings.shape[0]
-        return (
-            keras.KerasTensor((v, t), dtype="float32"),
-            keras.KerasTensor((t, v), dtype="float32"),
-        )
+    def compute_output_shape(self, vision_embeddings_shape, text_embeddings_shape):
+        v, t = vision_embeddings_shape[0], text_embeddings_shape[0]
+        return (v, t), (t, v)

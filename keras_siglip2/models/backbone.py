@@ -28,6 +28,13 @@ class SigLIP2Backbone(Backbone):
     Inputs: the vision encoder's inputs plus `token_ids`. Outputs
     `{"vision_logits": (B_img, B_txt), "text_logits": (B_txt, B_img)}`.
 
+    Dtype policies (`dtype="mixed_bfloat16"`, `"mixed_float16"`, `"bfloat16"`) apply to
+    every sublayer, the logit head included, as in keras-hub (its backbone harness
+    passes, tests/models/test_keras_hub_harness.py). The logits are computed in float32
+    inside the head for stability and returned in the compute dtype, keras-hub's
+    convention; `logit_head.float32_logits(image_embeddings, text_embeddings)` gives
+    them unrounded. The training losses compute them in float32 from the embeddings.
+
     Example:
     ```python
     backbone = keras_siglip2.SigLIP2Backbone.from_preset("siglip2_base_patch16_224")
@@ -53,9 +60,9 @@ class SigLIP2Backbone(Backbone):
             )
         self.vision_encoder = vision_encoder
         self.text_encoder = text_encoder
-        # Logits always in float32: they feed the sigmoid and the loss.
+        # Follows the policy; computes in float32 and rounds only the output logits.
         self.logit_head = SigLIP2LogitHead(
-            temperature_init, bias_init, dtype="float32", name="logit_head"
+            temperature_init, bias_init, dtype=dtype, name="logit_head"
         )
 
         vision_inputs = {

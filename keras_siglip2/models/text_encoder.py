@@ -3,7 +3,7 @@
 no padding mask, final LayerNorm, last-position pooling and the `head` projection."""
 
 import keras
-from keras import initializers
+from keras import initializers, ops
 
 from keras_siglip2.layers import SigLIP2PositionEmbedding, token_embedding
 from keras_siglip2.layers.config import ConfigAttributes
@@ -101,3 +101,15 @@ class SigLIP2TextEncoder(ConfigAttributes, SigLIP2Tower):
     def get_tokens(self, inputs):
         """Token features after the final LayerNorm: (B, L, hidden_dim)."""
         return self._tokens(self.check_inputs(inputs)["token_ids"])
+
+    def get_float32_embeddings(self, inputs):
+        """The output embeddings (B, projection_dim) with the `head` projection
+        computed in float32 from the tokens in the compute dtype: what the training
+        losses use. Equal to the model's output in float32; under mixed_float16 it
+        keeps the gradient finite at initialization, where `head` is zero, every
+        embedding is 0 and the normalization's gradient (1 / 1e-8) overflows
+        float16 (the backward pass through a float32 head is bounded by 1 / ||tokens||
+        instead)."""
+        pooled = ops.cast(self.get_tokens(inputs)[:, -1, :], "float32")
+        kernel = ops.cast(self.head.kernel, "float32")
+        return ops.matmul(pooled, kernel) + ops.cast(self.head.bias, "float32")

@@ -187,7 +187,14 @@ def learning_rate_schedule_of(optimizer):
 
 def clone_optimizer(optimizer):
     """A fresh, unbuilt optimizer with the configuration and the name-based
-    weight-decay exclusions of `optimizer`."""
+    weight-decay exclusions of `optimizer` (of its inner optimizer, re-wrapped, for a
+    `LossScaleOptimizer`)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        config = optimizer.get_config()
+        del config["inner_optimizer"]
+        return keras.optimizers.LossScaleOptimizer(
+            clone_optimizer(optimizer.inner_optimizer), **config
+        )
     clone = optimizer.__class__.from_config(optimizer.get_config())
     pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
     if pattern is not None:

@@ -50,6 +50,19 @@ Images whose size differs from the tower's current resolution are resized in the
 (antialiased bilinear), so one dataset can feed the stages before and after
 `ResolutionAdaptation`.
 
+Mixed precision: the backbone's dtype policy sets the precision of the towers, and the
+teacher follows it, the SILC / TIPS heads too (in float32 under mixed_float16, see
+`_head_dtype`), the LocCa decoder follows the text tower (`locca_decoder_for`). The
+pretrainer's own arithmetic (loss terms, centers, EMA, the sigmoid loss from the
+embeddings and float32 t, b, with the text tower's zero-initialized `head` projection in
+float32: `SigLIP2TextEncoder.get_float32_embeddings`) is float32 whatever the policy, so
+its own dtype policy is always float32. When a trainable part computes in float16
+(`mixed_float16`), `compile` wraps the optimizer in a `keras.optimizers.LossScaleOptimizer`
+(as `keras.Model.compile` does for a mixed_float16 model; `auto_scale_loss=False` turns it
+off) and the train step scales the loss by the optimizer's `scale_loss` on every backend.
+On JAX a step whose scaled gradients overflow changes nothing but the loss scale (it
+halves): weights, teacher, centers and seed stay as they were, so the step is retried.
+
 The loss code is backend-agnostic (`call` returns the dict of loss terms); the
 backend-specific parts of the step (JAX stateless gradients, TF GradientTape, torch
 autograd) are in `training/train_steps.py`.
@@ -306,7 +319,15 @@ class SigLIP2Pretrainer(keras.Model):
 
         curator = resolve_curator(curator, backbone)
 
-        super().__init__(**kwargs)
+        own_dtype = keras.dtype_policies.get(kwargs.pop("dtype", None) or "float32")
+        if own_dtype.name != "float32":
+            raise ValueError(
+                "SigLIP2Pretrainer computes its losses in float32: its `dtype` must be "
+                f"'float32'; got {own_dtype.name!r}. Set the towers' precision on the "
+                "backbone instead, e.g. SigLIP2Backbone.from_preset(..., "
+                "dtype='mixed_bfloat16')."
+            )
+        super().__init__(dtype=own_dtype, **kwargs)
         width = vision.hidden_dim
         self.backbone = backbone
         self.loss_weights = resolve_loss_weights(loss_weights, width)
@@ -430,10 +451,18 @@ class SigLIP2Pretrainer(keras.Model):
             hidden_dim=hidden,
             bottleneck_dim=bottleneck,
             output_dim=output,
+            dtype=self._head_dtype(),
             name=name,
         )
         head.trainable = trainable
         return head
+
+    def _head_dtype(self):
+        """The vision tower's policy, or float32 when it computes in float16: the
+        heads' bottleneck normalization has gradients of about 1 / ||x|| (3e3 at init
+        in the tiny test models), which overflow float16 under loss scaling."""
+        policy = self.backbone.vision_encoder.dtype_policy
+        return "float32" if policy.compute_dtype == "float16" else policy
 
     @staticmethod
     def _make_teacher_encoder(vision, **overrides):
@@ -859,7 +888,7 @@ class SigLIP2Pretrainer(keras.Model):
             image_key_mask = naflex["patch_mask"]
             pooled = vision.head(tokens, key_mask=image_key_mask)
         batch_size = ops.shape(inputs["token_ids"])[0]
-        text = self.backbone.get_text_embeddings(inputs["token_ids"])
+        text = self.backbone.text_encoder.get_float32_embeddings(inputs["token_ids"])
         zimg = l2_normalize(ops.cast(pooled, "float32"))
         ztxt = l2_normalize(ops.cast(text, "float32"))
         terms = {"sigmoid": self.sigmoid_loss_fn(zimg, ztxt, head.log_temperature, head.bias)}
@@ -982,13 +1011,16 @@ class SigLIP2Pretrainer(keras.Model):
         clipnorm=None,
         total_steps=None,
         warmup_steps=None,
+        auto_scale_loss=True,
         **kwargs,
     ):
         """Compiles with the paper's optimizer by default (`siglip2_optimizer`:
         AdamW, peak lr 1e-3, decoupled weight decay 1e-4, global clipnorm 1, warmup +
         cosine schedule). `total_steps=None` lets `fit` set the schedule length from
         `epochs x steps_per_epoch`. `loss` / `metrics` are not used: the losses are
-        the recipe's."""
+        the recipe's. With `auto_scale_loss` (default) and a part that computes in
+        float16, the optimizer is wrapped in a `LossScaleOptimizer` (module
+        docstring)."""
         from keras_siglip2.training.optimizers import siglip2_optimizer
 
         for unused in ("loss", "metrics", "loss_weights"):
@@ -1014,7 +1046,21 @@ class SigLIP2Pretrainer(keras.Model):
                 "learning_rate / weight_decay / clipnorm / total_steps / warmup_steps "
                 "configure the default optimizer; do not combine them with `optimizer=`."
             )
-        super().compile(optimizer=optimizer, **kwargs)
+        optimizer = keras.optimizers.get(optimizer)
+        if (
+            auto_scale_loss
+            and self.computes_in_float16
+            and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        ):
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
+        super().compile(optimizer=optimizer, auto_scale_loss=auto_scale_loss, **kwargs)
+
+    @property
+    def computes_in_float16(self):
+        """Whether a trainable part (a tower, the LocCa decoder) computes in float16,
+        whose gradients need loss scaling."""
+        parts = (self.backbone.vision_encoder, self.backbone.text_encoder, self.decoder)
+        return any(p is not None and p.compute_dtype == "float16" for p in parts)
 
     def fit(self, x=None, y=None, epochs=1, callbacks=None, steps_per_epoch=None, **kwargs):
         """`keras.Model.fit`, plus: the default schedule's length is set from

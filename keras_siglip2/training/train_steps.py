@@ -17,6 +17,12 @@ module only differs in how gradients are taken and state is carried:
 - torch: autograd on the same loss, `optimizer.apply`, teacher `assign`s.
 Variables without a gradient (the SILC / TIPS heads before the switch) get zero
 gradients on every backend, as JAX gives them, so the optimizer treats them alike.
+Gradients are taken of `optimizer.scale_loss(loss)` on every backend, as Keras' own
+train steps do: a `LossScaleOptimizer` (mixed_float16) multiplies the loss by its dynamic
+scale and unscales the gradients in `apply`, skipping steps whose gradients overflow;
+on JAX such a step also keeps the teacher, the centers and the seed (only the loss scale
+changes). On TF / torch the optimizer skips the update but the teacher EMA and the
+centers are still updated on that step.
 """
 
 import keras
@@ -65,7 +71,11 @@ def jax_train_step(model, state, data):
         outputs, new_non_trainable = model.stateless_call(
             trainable_values, non_trainable, x, training=True
         )
-        return outputs["loss"], (outputs, new_non_trainable)
+        # The optimizer's loss scale (a LossScaleOptimizer's current dynamic scale).
+        mapping = list(zip(model.optimizer.variables, optimizer_values))
+        with keras.StatelessScope(state_mapping=mapping):
+            loss = model.optimizer.scale_loss(outputs["loss"])
+        return loss, (outputs, new_non_trainable)
 
     (_, (outputs, new_non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable
@@ -86,12 +96,16 @@ def jax_train_step(model, state, data):
             new_non_trainable[t] = value
 
     finite = _all_finite(outputs)
-    keep = lambda new, old: jax.tree.map(  # noqa: E731
-        lambda n, o: jnp.where(finite, n, o), list(new), list(old)
+    keep = lambda ok, new, old: jax.tree.map(  # noqa: E731
+        lambda n, o: jnp.where(ok, n, o), list(new), list(old)
     )
-    new_trainable = keep(new_trainable, trainable)
-    new_non_trainable = keep(new_non_trainable, non_trainable)
-    new_optimizer = keep(new_optimizer, optimizer_values)
+    # A step whose scaled gradients overflow (LossScaleOptimizer) only lowers the scale.
+    applied = finite
+    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+        applied = jnp.logical_and(finite, model.optimizer.check_finite(grads))
+    new_trainable = keep(applied, new_trainable, trainable)
+    new_non_trainable = keep(applied, new_non_trainable, non_trainable)
+    new_optimizer = keep(finite, new_optimizer, optimizer_values)
 
     logs, new_metrics = _metric_logs_stateless(model, metrics_values, outputs)
     return logs, (new_trainable, new_non_trainable, new_optimizer, new_metrics)
@@ -130,7 +144,8 @@ def tf_train_step(model, data):
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
         outputs = model(x, training=True)
-    grads = tape.gradient(outputs["loss"], variables)
+        loss = model.optimizer.scale_loss(outputs["loss"])
+    grads = tape.gradient(loss, variables)
     model.optimizer.apply(_zero_filled(grads, variables), variables)
     if model._self_distillation_on:
         model.update_teacher()
@@ -144,7 +159,7 @@ def torch_train_step(model, data):
     model.check_batch(x)
     model.zero_grad()
     outputs = model(x, training=True)
-    outputs["loss"].backward()
+    model.optimizer.scale_loss(outputs["loss"]).backward()
     variables = model.trainable_variables[:]
     grads = [v.value.grad for v in variables]
     with torch.no_grad():

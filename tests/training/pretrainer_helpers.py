@@ -13,8 +13,9 @@ BATCH = 4
 VIEWS = 2
 
 
-def tiny_backbone(seed=0, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE):
-    """1-layer towers of width 16 on 16 px images (2 x 2 patches)."""
+def tiny_backbone(seed=0, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, dtype=None):
+    """1-layer towers of width 16 on 16 px images (2 x 2 patches); `dtype`: their
+    dtype policy."""
     import keras
 
     from keras_siglip2.convert.common import build_backbone
@@ -25,15 +26,16 @@ def tiny_backbone(seed=0, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE):
          "num_heads": 2, "intermediate_dim": 2 * WIDTH, "image_size": image_size},
         {"vocabulary_size": TEXT_VOCAB, "hidden_dim": WIDTH, "num_layers": 1, "num_heads": 2,
          "intermediate_dim": 2 * WIDTH, "projection_dim": WIDTH, "max_sequence_length": SEQ},
+        dtype=dtype,
     )
 
 
 def tiny_pretrainer(seed=0, locca=True, self_distillation=True, masked_prediction=True,
-                    **kwargs):
+                    backbone_dtype=None, **kwargs):
     from keras_siglip2.models.locca_decoder import locca_decoder_for
     from keras_siglip2.training.pretrainer import SigLIP2Pretrainer
 
-    backbone = tiny_backbone(seed)
+    backbone = tiny_backbone(seed, dtype=backbone_dtype)
     decoder = locca_decoder_for(backbone, num_location_bins=NUM_BINS) if locca else None
     kwargs.setdefault("head_dims", (32, 16, 32))
     return SigLIP2Pretrainer(

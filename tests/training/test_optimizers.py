@@ -105,6 +105,23 @@ def test_clone_keeps_config_and_exclusions():
     )
 
 
+def test_clone_of_a_loss_scale_optimizer():
+    """mixed_float16 training wraps the optimizer in a LossScaleOptimizer; its clone
+    (ResolutionAdaptation) is one too, with the same scale settings and an inner
+    optimizer that keeps the schedule and the weight-decay exclusions."""
+    inner = siglip2_optimizer(learning_rate=5e-4, total_steps=40)
+    optimizer = keras.optimizers.LossScaleOptimizer(inner, initial_scale=64.0,
+                                                    dynamic_growth_steps=7)
+    clone = clone_optimizer(optimizer)
+    assert isinstance(clone, keras.optimizers.LossScaleOptimizer)
+    assert (clone.initial_scale, clone.dynamic_growth_steps) == (64.0, 7)
+    assert clone.inner_optimizer is not inner
+    assert learning_rate_schedule_of(clone).total_steps == 40
+    assert clone.inner_optimizer._exclude_from_weight_decay_pattern.pattern == (
+        inner._exclude_from_weight_decay_pattern.pattern
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, error",
     [({"learning_rate": 0.0}, ValueError), ({"weight_decay": -1.0}, ValueError),
