@@ -12,6 +12,7 @@ from keras_hub.layers import ImageConverter
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.preprocessing.resampling import (
+    MATCH_MODES,
     big_vision_resize,
     cast_back,
     check_match,
@@ -221,6 +222,10 @@ class SigLIP2ImageConverter(ImageConverter):
     def get_config(self):
         config = super().get_config()
         config["match"] = self.match
+        if (self.interpolation, self.antialias) == _MODE_RESIZE[self.match]:
+            # The mode's own resize: recorded as "the mode's", so that loading with
+            # another `match=` takes that mode's resize.
+            config["interpolation"] = config["antialias"] = None
         return config
 
     @classmethod
@@ -380,14 +385,56 @@ class SigLIP2ImageConverter(ImageConverter):
     # --- Presets -------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, preset, **kwargs):
+    def from_preset(cls, preset, match=None, **kwargs):
         """Loads the image converter of a preset: a keras-siglip2 preset name, a
         local preset directory (also one holding only `image_converter.json`, as
         written by `converter.save_to_preset`), or a `kaggle://` / `hf://` / `gs://`
-        handle."""
-        config = standalone_component_config(preset, IMAGE_CONVERTER_CONFIG_FILE)
-        if config is not None:
-            return deserialize_component(
-                ImageConverter, config, preset, IMAGE_CONVERTER_CONFIG_FILE, **kwargs
-            )
-        return super().from_preset(resolve_preset(preset), **kwargs)
+        handle. `match`: None (the mode the preset records) or a mode to use instead.
+        A recorded mode this version does not know is an error naming the file."""
+        return converter_from_preset(cls, preset, match, **kwargs)
+
+
+def converter_from_preset(cls, preset, match=None, **kwargs):
+    """`from_preset` of both image converters (see `SigLIP2ImageConverter.from_preset`)."""
+    kwargs.update(match_overrides(match))
+    config = standalone_component_config(preset, IMAGE_CONVERTER_CONFIG_FILE)
+    if config is None:
+        preset = resolve_preset(preset)
+    if match is None:
+        check_recorded_match(preset, IMAGE_CONVERTER_CONFIG_FILE)
+    if config is not None:
+        return deserialize_component(
+            ImageConverter, config, preset, IMAGE_CONVERTER_CONFIG_FILE, **kwargs
+        )
+    return ImageConverter.from_preset.__func__(cls, preset, **kwargs)
+
+def match_overrides(match):
+    """Config overrides that load a saved converter in mode `match` (None: as saved).
+    The resize settings go back to the new mode's own."""
+    if match is None:
+        return {}
+    return {"match": check_match(match), "interpolation": None, "antialias": None}
+
+
+def check_recorded_match(preset, config_file):
+    """A ValueError naming the file when `config_file` of `preset` records an image
+    converter mode (`match`) that this version does not know; also looks inside a
+    preprocessor's nested converter config."""
+    from keras_hub.src.utils.preset_utils import check_file_exists, get_file, load_json
+
+    if not check_file_exists(preset, config_file):
+        return
+    config = load_json(preset, config_file).get("config", {})
+    nested = config.get("image_converter")
+    if isinstance(nested, dict):
+        config = nested.get("config", {})
+    if not isinstance(config, dict) or "match" not in config:
+        return
+    recorded = config["match"]
+    if recorded not in MATCH_MODES:
+        raise ValueError(
+            f"The preset file {get_file(preset, config_file)} records the image "
+            f"converter mode match={recorded!r}, which this version of keras-siglip2 "
+            f"does not know (modes: {list(MATCH_MODES)}). Upgrade keras-siglip2, or "
+            "choose a mode with `from_preset(..., match=...)`."
+        )

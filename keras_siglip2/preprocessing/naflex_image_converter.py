@@ -353,6 +353,14 @@ class SigLIP2NaFlexImageConverter(ImageConverter):
                 out = converted[0]
         return convert_preprocessing_outputs(out)
 
+    @classmethod
+    def from_preset(cls, preset, match=None, **kwargs):
+        """Loads the converter of a preset (see `SigLIP2ImageConverter.from_preset`);
+        `match`: None (the recorded mode) or the mode to use instead."""
+        from keras_siglip2.preprocessing.image_converter import converter_from_preset
+
+        return converter_from_preset(cls, preset, match, **kwargs)
+
     def get_config(self):
         config = keras.layers.Layer.get_config(self)
         config.update(

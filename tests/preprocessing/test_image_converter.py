@@ -284,3 +284,54 @@ def test_full_preset_through_keras_hub(image_converter, backbone_preset):
     restored = keras_hub.layers.ImageConverter.from_preset(backbone_preset)
     assert isinstance(restored, SigLIP2ImageConverter)
     assert restored.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_match_in_config_presets_and_bad_values(tmp_path):
+    converter = SigLIP2ImageConverter(image_size=16, match="transformers")
+    config = converter.get_config()
+    assert config["match"] == "transformers"
+    clone = SigLIP2ImageConverter.from_config(config)
+    assert (clone.match, clone.interpolation, clone.antialias) == ("transformers", "bicubic", True)
+    default = SigLIP2ImageConverter(image_size=16)
+    assert (default.match, default.interpolation, default.antialias) == (
+        "big_vision", "bilinear", False)
+    preset = str(tmp_path / "converter")
+    default.save_to_preset(preset)
+    assert SigLIP2ImageConverter.from_preset(preset).match == "big_vision"
+    switched = SigLIP2ImageConverter.from_preset(preset, match="transformers")
+    assert (switched.match, switched.interpolation) == ("transformers", "bicubic")
+    with pytest.raises(ValueError, match=r"`match`.*'big_vision', 'transformers'.*'pil'"):
+        SigLIP2ImageConverter(match="pil")
+    with pytest.raises(ValueError, match="`match`.*'bilinear'"):
+        SigLIP2ImageConverter.from_preset(preset, match="bilinear")
+    with pytest.raises(ValueError, match="match='transformers'.*interpolation"):
+        SigLIP2ImageConverter(match="transformers", interpolation="bilinear")
+    with pytest.raises(ValueError, match="match='transformers'"):
+        SigLIP2ImageConverter(match="transformers", crop_to_aspect_ratio=True)
+
+
+def test_unknown_recorded_mode_names_the_preset_file(tmp_path):
+    from keras_siglip2.preprocessing import SigLIP2NaFlexImageConverter
+
+    for converter in (SigLIP2ImageConverter(image_size=16),
+                      SigLIP2NaFlexImageConverter(4, 8)):
+        preset = tmp_path / type(converter).__name__
+        converter.save_to_preset(str(preset))
+        path = preset / "image_converter.json"
+        saved = json.loads(path.read_text())
+        saved["config"]["match"] = "opencv"
+        path.write_text(json.dumps(saved))
+        with pytest.raises(ValueError, match=f"{path}.*'opencv'.*'big_vision', 'transformers'"):
+            type(converter).from_preset(str(preset))
+        assert type(converter).from_preset(str(preset), match="transformers").match == (
+            "transformers")
+
+
+def test_config_saved_before_match_loads_as_big_vision():
+    """A config written before `match` existed recorded the old (wrong) default
+    antialias=True: it loads as big_vision's pipeline."""
+    old = SigLIP2ImageConverter(image_size=16).get_config()
+    old.pop("match")
+    old.update(interpolation="bilinear", antialias=True)
+    restored = SigLIP2ImageConverter.from_config(old)
+    assert (restored.match, restored.antialias) == ("big_vision", False)

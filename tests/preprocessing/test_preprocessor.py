@@ -185,3 +185,28 @@ def test_outputs_feed_the_backbone(preprocessor, small_backbone, spm_processor, 
     features, expected = numpy(text.get_tokens(x["token_ids"])), numpy(text.get_tokens(token_ids))
     assert np.abs(expected - expected.mean(0)).max() > 1e-2  # the texts tell apart
     np.testing.assert_array_equal(features, expected)
+
+
+def test_match_from_preset_and_unknown_recorded_mode(tokenizer, image_converter, backbone_preset):
+    import json
+
+    SigLIP2Preprocessor(tokenizer, image_converter).save_to_preset(backbone_preset)
+    assert SigLIP2Preprocessor.from_preset(backbone_preset).image_converter.match == "big_vision"
+    switched = SigLIP2Preprocessor.from_preset(backbone_preset, match="transformers")
+    assert switched.image_converter.match == "transformers"
+    assert switched.image_converter.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ValueError, match="`match`.*'big_vision', 'transformers'"):
+        SigLIP2Preprocessor.from_preset(backbone_preset, match="pil")
+    for name in ("image_converter.json", "preprocessor.json"):
+        path = os.path.join(backbone_preset, name)
+        with open(path) as f:
+            saved = json.load(f)
+        config = saved["config"]
+        config = config["image_converter"]["config"] if "image_converter" in config else config
+        config["match"] = "opencv"
+        with open(path, "w") as f:
+            json.dump(saved, f)
+        with pytest.raises(ValueError, match=f"{path}.*'opencv'"):
+            SigLIP2Preprocessor.from_preset(backbone_preset)
+    fixed = SigLIP2Preprocessor.from_preset(backbone_preset, match="big_vision")
+    assert fixed.image_converter.match == "big_vision"
