@@ -83,6 +83,7 @@ def scan_module(package_dir, path, package):
     module = module_name(package_dir, path)
     is_package = os.path.basename(path) == "__init__.py"
     inside = {id(n) for fn in _functions(tree) for n in ast.walk(fn) if n is not fn}
+    lines = source.splitlines()
     imports = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -90,9 +91,9 @@ def scan_module(package_dir, path, package):
             for target in _resolve(node, module, is_package, package):
                 imports.append((target, node.lineno, lazy))
             if lazy and not imports_only_package(node, package) and not _is_marked(
-                    source.splitlines(), node.lineno):
+                    lines, node.lineno):
                 imports.append((None, node.lineno, True))  # unmarked third-party lazy
-    return module, imports, source.splitlines(), tree
+    return module, imports, lines, tree
 
 
 def imports_only_package(node, package):

@@ -227,10 +227,6 @@ class SigLIP2Embedder:
         out = model.predict_on_batch(_pad_rows(inputs, rows))
         return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)[:n]
 
-    @staticmethod
-    def _progbar(total, unit, verbose):
-        return progress_bar(total, unit_name=unit, verbose=verbose)
-
     def tokenize(self, texts):
         """The text tower's token ids (N, L) int32 of a str or a list of str."""
         token_ids = self.preprocessor.tokenizer(check_texts(texts))
@@ -243,7 +239,7 @@ class SigLIP2Embedder:
     def embed_token_ids(self, token_ids, verbose=False):
         """Normalized text embeddings (N, D) of token ids (N, L) from `tokenize`."""
         rows = batch_rows(len(token_ids), self.batch_size)
-        bar = self._progbar(len(token_ids), "text", verbose)
+        bar = progress_bar(len(token_ids), unit_name="text", verbose=verbose)
         chunks = []
         for start in range(0, len(token_ids), rows):
             batch = token_ids[start : start + rows]
@@ -269,7 +265,7 @@ class SigLIP2Embedder:
         items = as_image_list(images)
         check_files_exist(items)
         rows = batch_rows(len(items), self.batch_size)
-        bar = self._progbar(len(items), "image", verbose)
+        bar = progress_bar(len(items), unit_name="image", verbose=verbose)
         chunks, kept, skipped = [], [], []
         for start in range(0, len(items), rows):
             arrays, batch_kept, batch_skipped = read_images(

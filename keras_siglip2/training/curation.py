@@ -189,7 +189,7 @@ class ActiveCurator:
         `learnability_matrix`), without gradient."""
         return ops.sum(self.learnability_matrix(learner_backbone, batch), axis=1)
 
-    def _indices(self, matrix, seed):
+    def _indices(self, matrix, scores, seed):
         size = matrix.shape[0]
         if size is None:
             raise ValueError(
@@ -199,14 +199,15 @@ class ActiveCurator:
         k = self.num_selected(size)
         if self.selection == "joint":
             return joint_selection(matrix, k, self.num_chunks, seed=seed)
-        _, indices = ops.top_k(ops.sum(matrix, axis=1), k, sorted=True)
+        _, indices = ops.top_k(scores, k, sorted=True)
         return ops.cast(indices, "int32")
 
     def select_indices(self, learner_backbone, batch, seed=None):
         """Indices (k,) int32 of the k = `num_selected(B)` examples kept: drawn by
         joint learnability (in the order drawn), or the most learnable first
         ("top_k"). `seed`: int or `keras.random.SeedGenerator` for "joint"."""
-        return self._indices(self.learnability_matrix(learner_backbone, batch), seed)
+        matrix = self.learnability_matrix(learner_backbone, batch)
+        return self._indices(matrix, ops.sum(matrix, axis=1), seed)
 
     @staticmethod
     def gather(batch, indices):
@@ -231,8 +232,9 @@ class ActiveCurator:
         """(`select`'s batch, its indices (k,), the per-example learnability (B,) of
         the super-batch), from one scoring pass."""
         matrix = self.learnability_matrix(learner_backbone, batch)
-        indices = self._indices(matrix, seed)
-        return self.gather(batch, indices), indices, ops.sum(matrix, axis=1)
+        scores = ops.sum(matrix, axis=1)
+        indices = self._indices(matrix, scores, seed)
+        return self.gather(batch, indices), indices, scores
 
     # -------------------------------------------------------------------- pairing
     def check_learner(self, learner_backbone):
