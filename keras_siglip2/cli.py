@@ -38,8 +38,8 @@ def cmd_presets(args):
 # --------------------------------------------------------------------------- convert
 
 
-def image_converter_for(backbone):
-    """The image converter matching a backbone's vision tower."""
+def image_converter_for(backbone, match="big_vision"):
+    """The image converter matching a backbone's vision tower, in mode `match`."""
     from keras_siglip2.presets import image_converter_for_architecture
 
     vision = backbone.vision_encoder
@@ -48,7 +48,7 @@ def image_converter_for(backbone):
     else:
         spec = {"type": "naflex", "patch_size": vision.patch_size,
                 "max_num_patches": vision.max_num_patches}
-    return image_converter_for_architecture({"vision": spec})
+    return image_converter_for_architecture({"vision": spec}, match=match)
 
 
 def _tokenizer_from_spm(path, sequence_length):
@@ -64,6 +64,7 @@ def convert_checkpoint(source_kind, src, out_dir, tokenizer_path=None, image_siz
     """Converts `src` into a complete preset directory at `out_dir`; returns
     (out_dir, backbone, has_tokenizer)."""
     from keras_siglip2 import convert
+    from keras_siglip2.presets import match_for_source
 
     if source_kind == "big_vision":
         backbone = convert.from_big_vision(src, image_size=image_size)
@@ -86,7 +87,9 @@ def convert_checkpoint(source_kind, src, out_dir, tokenizer_path=None, image_siz
         backbone,
         out_dir,
         tokenizer=tokenizer,
-        image_converter=image_converter_for(backbone),
+        # A checkpoint converted from transformers is preprocessed as HF does it; the
+        # others as big_vision does (keras-hub's SigLIP presets follow big_vision too).
+        image_converter=image_converter_for(backbone, match=match_for_source(source_kind)),
         overwrite=overwrite,
     )
     return out_dir, backbone, tokenizer is not None
@@ -165,8 +168,9 @@ class _TaskOutput:
         return False
 
 
-def load_task_model(preset):
-    """(backbone, preprocessor) of a preset name or a local preset directory."""
+def load_task_model(preset, match=None):
+    """(backbone, preprocessor) of a preset name or a local preset directory; `match`:
+    the image converter mode to use instead of the preset's (None: the preset's)."""
     from keras_siglip2.models import SigLIP2Backbone
     from keras_siglip2.preprocessing import SigLIP2Preprocessor
     from keras_siglip2.presets import resolve_preset
@@ -180,7 +184,7 @@ def load_task_model(preset):
         )
     backbone = SigLIP2Backbone.from_preset(path)
     try:
-        preprocessor = SigLIP2Preprocessor.from_preset(path)
+        preprocessor = SigLIP2Preprocessor.from_preset(path, match=match)
     except FileNotFoundError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(
@@ -190,12 +194,12 @@ def load_task_model(preset):
     return backbone, preprocessor
 
 
-def build_retriever(preset, batch_size, index=None, paths=(), texts=()):
+def build_retriever(preset, batch_size, index=None, paths=(), texts=(), match=None):
     """The preset's `SigLIP2Retriever` with a saved `index` loaded (if given), then the
     image files `paths` and the `texts` embedded and added (`embed` and `retrieve`)."""
     from keras_siglip2.tasks.retrieval import SigLIP2Retriever
 
-    backbone, preprocessor = load_task_model(preset)
+    backbone, preprocessor = load_task_model(preset, match)
     retriever = SigLIP2Retriever(backbone, preprocessor, batch_size=batch_size)
     if index:
         retriever.load(index)
@@ -264,7 +268,7 @@ def cmd_classify(args):
     _check_plot_path(args.plot)
     paths = expand_image_paths(args.images)  # missing files / empty folders: before loading
     with _TaskOutput():
-        backbone, preprocessor = load_task_model(args.preset)
+        backbone, preprocessor = load_task_model(args.preset, args.match)
         arrays, kept, skipped = load_images(paths, skip_unreadable=True)
         classifier = SigLIP2ZeroShotClassifier(
             backbone, preprocessor, labels, templates, batch_size=args.batch_size,
@@ -330,7 +334,8 @@ def cmd_embed(args):
         )
     paths = expand_image_paths(args.images) if args.images else []
     with _TaskOutput():
-        retriever = build_retriever(args.preset, args.batch_size, paths=paths, texts=texts)
+        retriever = build_retriever(args.preset, args.batch_size, paths=paths, texts=texts,
+                                    match=args.match)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     if out.endswith(".npz"):
@@ -379,7 +384,8 @@ def cmd_retrieve(args):
     paths = expand_image_paths(args.images) if args.images else []
     query_paths = expand_image_paths(image_queries) if image_queries else []
     with _TaskOutput():
-        retriever = build_retriever(args.preset, args.batch_size, index=args.index,
+        retriever = build_retriever(args.preset, args.batch_size, match=args.match,
+                                    index=args.index,
                                     paths=paths, texts=texts)
         scale, bias = retriever.embedder.logit_scale, retriever.embedder.logit_bias
         answers = []
@@ -461,6 +467,9 @@ def _add_model_arguments(p):
     p.add_argument("--batch-size", type=_positive_int, default=32,
                    help="images / texts per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--match", choices=["big_vision", "transformers"], default=None,
+                   help="preprocess images as big_vision or as Hugging Face transformers "
+                   "(PIL) does (default: the mode the preset records)")
 
 
 def _add_corpus_arguments(p, verb):

@@ -169,20 +169,28 @@ def convert_source(local_source, kind, **kwargs):
     return converter(local_source, **kwargs)
 
 
-def image_converter_for_architecture(architecture):
+def match_for_source(kind):
+    """The image converter mode a preset converted from a `kind` source records:
+    "transformers" for Hugging Face checkpoints, "big_vision" for the others."""
+    return "transformers" if kind == "transformers" else "big_vision"
+
+
+def image_converter_for_architecture(architecture, match="big_vision"):
     """The image converter a preset's vision tower expects: `SigLIP2ImageConverter` at
     the fixed resolution, or `SigLIP2NaFlexImageConverter` with the tower's patch size
-    and default sequence length."""
+    and default sequence length; `match`: the reference preprocessing it reproduces."""
     from keras_siglip2 import preprocessing
 
     vision = architecture["vision"]
     if vision["type"] == "naflex":
         return preprocessing.SigLIP2NaFlexImageConverter(
-            patch_size=vision["patch_size"], max_num_patches=vision["max_num_patches"]
+            patch_size=vision["patch_size"], max_num_patches=vision["max_num_patches"],
+            match=match,
         )
     size = vision["image_size"]
     return preprocessing.SigLIP2ImageConverter(
-        image_size=tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        image_size=tuple(size) if isinstance(size, (list, tuple)) else (size, size),
+        match=match,
     )
 
 
@@ -220,7 +228,8 @@ def fetch_preset(name, source=None):
     backbone = convert_source(local_source, kind, **kwargs)
     tokenizer = load_source_tokenizer(local_source)
     image_converter = (
-        image_converter_for_architecture(metadata["architecture"]) if tokenizer else None
+        image_converter_for_architecture(metadata["architecture"], match_for_source(kind))
+        if tokenizer else None
     )
     try:
         save_converted(backbone, target, tokenizer=tokenizer, image_converter=image_converter)

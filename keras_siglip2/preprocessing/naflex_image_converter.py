@@ -1,5 +1,6 @@
 """NaFlex image preprocessing (paper sec. 2.4; big_vision `ops_naflex.py`:
-`value_range(-1, 1)`, `resize_to_sequence`, `patchify`, pad to the sequence length).
+`value_range(-1, 1)`, `resize_to_sequence`, `patchify`, pad to the sequence length; or,
+with `match="transformers"`, Hugging Face's `Siglip2ImageProcessorPil`).
 
 Each image keeps (about) its aspect ratio: it is resized to the largest size whose sides
 are multiples of the patch size and whose patch count is at most `max_num_patches`, then
@@ -14,6 +15,7 @@ from keras_hub.layers import ImageConverter
 from keras_hub.src.utils.tensor_utils import convert_preprocessing_outputs, in_tf_function
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
+from keras_siglip2.preprocessing.resampling import check_match, pil_resize, to_uint8_levels
 
 # The reference bisection (big_vision `resize_to_sequence`): the scale is searched in
 # [_SEARCH_EPS / 10, _SEARCH_MAX_SCALE] until the bracket is narrower than _SEARCH_EPS,
@@ -26,15 +28,17 @@ _SEARCH_MAX_SCALE = 100.0
 def _target_sides(image_hw, scale, patch_size):
     """Sides for one scale: ceil(hw * scale / p) * p, at least one patch each. int32 (2,)."""
     sides = tf.math.ceil(image_hw * scale / patch_size) * patch_size
-    return tf.cast(tf.maximum(sides, float(patch_size)), tf.int32)
+    return tf.cast(tf.maximum(sides, tf.cast(patch_size, sides.dtype)), tf.int32)
 
 
-def target_size_for_sequence(height, width, patch_size, max_num_patches):
+def target_size_for_sequence(height, width, patch_size, max_num_patches, dtype=tf.float32):
     """(height, width) after `resize_to_sequence`: the largest scale s (by bisection, as
     the reference does) such that ceil(h*s/p) * ceil(w*s/p) <= max_num_patches, with
     each side rounded up to a multiple of p and at least p. Returns an int32 (2,) tensor.
-    Works eagerly and inside tf.data / tf.function."""
-    image_hw = tf.cast(tf.stack([height, width]), tf.float32)
+    Works eagerly and inside tf.data / tf.function. `dtype`: of the bisection, float32
+    as big_vision, float64 as Hugging Face's `get_image_size_for_max_num_patches`
+    (Python floats), which differs for some sizes."""
+    image_hw = tf.cast(tf.stack([height, width]), dtype)
     patch_size = int(patch_size)
     limit = tf.constant(int(max_num_patches), tf.int64)
 
@@ -52,7 +56,7 @@ def target_size_for_sequence(height, width, patch_size, max_num_patches):
     low, _ = tf.while_loop(
         keep_going,
         bisect,
-        (tf.constant(_SEARCH_EPS / 10.0, tf.float32), tf.constant(_SEARCH_MAX_SCALE, tf.float32)),
+        (tf.constant(_SEARCH_EPS / 10.0, dtype), tf.constant(_SEARCH_MAX_SCALE, dtype)),
         parallel_iterations=1,
     )
     return _target_sides(image_hw, low, patch_size)
@@ -119,16 +123,31 @@ def naflex_inputs_from_transformers(pixel_values, spatial_shapes, pixel_attentio
 class SigLIP2NaFlexImageConverter(ImageConverter):
     """Aspect-preserving resize to a patch budget, patchify and pad (SigLIP 2 NaFlex).
 
-    Steps per image (big_vision's NaFlex preprocessing): map [0, 255] to [-1, 1]; find
-    by bisection the largest scale s with ceil(h*s/p) * ceil(w*s/p) <= max_num_patches
-    (each side a multiple of p, at least one patch); resize to it with antialiased
-    bilinear interpolation (`tf.image.resize(..., antialias=True)`); cut into p x p
-    patches flattened in (py, px, c) order, row-major; pad to `max_num_patches`.
+    Steps per image with `match="big_vision"` (default; big_vision's NaFlex
+    preprocessing `value_range(-1, 1)|resize_to_sequence(p, N)|patchify(p)`): map
+    [0, 255] to [-1, 1] (in float, so nothing is rounded to uint8 levels); find by
+    bisection (float32) the largest scale s with ceil(h*s/p) * ceil(w*s/p) <=
+    max_num_patches (each side a multiple of p, at least one patch); resize to it with
+    antialiased bilinear interpolation (`tf.image.resize(..., antialias=True)`, as
+    `resize_to_sequence` does); cut into p x p patches flattened in (py, px, c) order,
+    row-major; pad to `max_num_patches`. Measured on real photos: equal to big_vision's
+    patches to float32 rounding (maximum difference below 1e-6).
+
+    With `match="transformers"` (Hugging Face's `Siglip2ImageProcessorPil`, the PIL
+    backend of `Siglip2ImageProcessor`): the same bisection in float64 (HF's Python
+    floats), the image taken as uint8 levels (float input truncated) and resized by
+    Pillow's antialiased bilinear filter (re-implemented bit-exactly in TensorFlow ops,
+    `resampling.pil_resize`), then mapped to [-1, 1]. Measured: exactly HF's patches on
+    the fixture and scikit-image photos and on 1 x 600 / 600 x 1 / 7 x 11 images. HF's
+    torchvision backend resizes with torchvision's antialiased bilinear instead and
+    differs from its PIL backend by up to several uint8 levels (see README).
 
     Args:
         patch_size: int, 16 for the released NaFlex checkpoints.
         max_num_patches: int >= 1, the output sequence length (released NaFlex models
             were trained with 128 to 1024; 256 is the default).
+        match: `"big_vision"` (default) or `"transformers"`: the reference
+            preprocessing to reproduce (above).
 
     Call with one image (H, W, C), a batch (B, H, W, C), a list of images of different
     sizes, or (in tf.data) a tf.RaggedTensor batch; pixel values in [0, 255] (uint8 or
@@ -151,7 +170,8 @@ class SigLIP2NaFlexImageConverter(ImageConverter):
 
     backbone_cls = SigLIP2Backbone
 
-    def __init__(self, patch_size=16, max_num_patches=256, **kwargs):
+    def __init__(self, patch_size=16, max_num_patches=256, match="big_vision", **kwargs):
+        match = check_match(match)
         for key in ("image_size", "scale", "offset", "interpolation", "antialias",
                     "crop_to_aspect_ratio", "pad_to_aspect_ratio", "bounding_box_format"):
             kwargs.pop(key, None)  # fixed by the NaFlex recipe
@@ -160,6 +180,7 @@ class SigLIP2NaFlexImageConverter(ImageConverter):
             raise ValueError(f"`patch_size` must be an integer >= 1; got {patch_size!r}.")
         self.patch_size = int(patch_size)
         self.max_num_patches = _check_max_num_patches(max_num_patches)
+        self.match = match
 
     @property
     def patch_dim(self):
@@ -188,11 +209,21 @@ class SigLIP2NaFlexImageConverter(ImageConverter):
         if isinstance(image, tf.RaggedTensor):
             image = image.to_tensor()
         image = self._to_rgb(image)
-        # value_range(-1, 1) as big_vision: x / 255 * 2 - 1, in float32.
-        image = tf.cast(image, tf.float32) / 255.0 * 2.0 - 1.0
         shape = tf.shape(image)
-        sides = target_size_for_sequence(shape[0], shape[1], self.patch_size, max_num_patches)
-        image = tf.image.resize(image, sides, method="bilinear", antialias=True)
+        if self.match == "transformers":
+            sides = target_size_for_sequence(
+                shape[0], shape[1], self.patch_size, max_num_patches, tf.float64
+            )
+            image = pil_resize(to_uint8_levels(image), (sides[0], sides[1]), "bilinear")
+            # HF's rescale + normalize: (x / 255 - 0.5) / 0.5.
+            image = (image / 255.0 - 0.5) / 0.5
+        else:
+            sides = target_size_for_sequence(
+                shape[0], shape[1], self.patch_size, max_num_patches
+            )
+            # value_range(-1, 1) as big_vision: x / 255 * 2 - 1, in float32.
+            image = tf.cast(image, tf.float32) / 255.0 * 2.0 - 1.0
+            image = tf.image.resize(image, sides, method="bilinear", antialias=True)
         p = self.patch_size
         rows, cols = sides[0] // p, sides[1] // p
         patches = tf.reshape(image, (rows, p, cols, p, 3))
@@ -322,9 +353,18 @@ class SigLIP2NaFlexImageConverter(ImageConverter):
                 out = converted[0]
         return convert_preprocessing_outputs(out)
 
+    @classmethod
+    def from_preset(cls, preset, match=None, **kwargs):
+        """Loads the converter of a preset (see `SigLIP2ImageConverter.from_preset`);
+        `match`: None (the recorded mode) or the mode to use instead."""
+        from keras_siglip2.preprocessing.image_converter import converter_from_preset
+
+        return converter_from_preset(cls, preset, match, **kwargs)
+
     def get_config(self):
         config = keras.layers.Layer.get_config(self)
         config.update(
-            {"patch_size": self.patch_size, "max_num_patches": self.max_num_patches}
+            {"patch_size": self.patch_size, "max_num_patches": self.max_num_patches,
+             "match": self.match}
         )
         return config

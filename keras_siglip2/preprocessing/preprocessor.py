@@ -11,7 +11,12 @@ from keras_hub.src.utils.tensor_utils import (
 )
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
-from keras_siglip2.preprocessing.image_converter import SigLIP2ImageConverter
+from keras_siglip2.preprocessing.image_converter import (
+    IMAGE_CONVERTER_CONFIG_FILE,
+    SigLIP2ImageConverter,
+    check_recorded_match,
+    match_overrides,
+)
 from keras_siglip2.preprocessing.tokenizer import (
     SigLIP2Tokenizer,
     deserialize_component,
@@ -153,13 +158,41 @@ class SigLIP2Preprocessor(Preprocessor):
         return super()._add_missing_kwargs(loader, kwargs)
 
     @classmethod
-    def from_preset(cls, preset, config_file=PREPROCESSOR_CONFIG_FILE, **kwargs):
+    def from_preset(cls, preset, config_file=PREPROCESSOR_CONFIG_FILE, match=None, **kwargs):
         """Loads the preprocessor of a preset: a keras-siglip2 preset name, a local
         preset directory (also one written by `preprocessor.save_to_preset` alone,
-        without a backbone), or a `kaggle://` / `hf://` / `gs://` handle."""
+        without a backbone), or a `kaggle://` / `hf://` / `gs://` handle.
+
+        `match`: None (the image converter mode the preset records) or
+        `"big_vision"` / `"transformers"` to preprocess images that way instead (see
+        `SigLIP2ImageConverter`). A recorded mode this version does not know is an
+        error naming the preset file."""
         config = standalone_component_config(preset, config_file)
+        if config is None:
+            preset = resolve_preset(preset)
+        if match is None:
+            for name in (config_file, IMAGE_CONVERTER_CONFIG_FILE):
+                check_recorded_match(preset, name)
+        elif "image_converter" not in kwargs:
+            kwargs["image_converter"] = _converter_for_match(preset, config, match)
         if config is not None:
             preprocessor = deserialize_component(cls, config, preset, config_file, **kwargs)
             preprocessor.load_preset_assets(preset)
             return preprocessor
-        return super().from_preset(resolve_preset(preset), config_file, **kwargs)
+        return super().from_preset(preset, config_file, **kwargs)
+
+
+def _converter_for_match(preset, config, match):
+    """The preset's image converter rebuilt in mode `match` (None when it has none)."""
+    import keras_hub
+    from keras_hub.src.utils.preset_utils import check_file_exists
+
+    nested = (config or {}).get("config", {}).get("image_converter")
+    if isinstance(nested, dict):
+        nested = {**nested, "config": {**nested.get("config", {}), **match_overrides(match)}}
+        return keras.saving.deserialize_keras_object(nested)
+    if not check_file_exists(preset, IMAGE_CONVERTER_CONFIG_FILE):
+        raise ValueError(
+            f"`match`={match!r}: preset {preset!r} has no image converter to set it on."
+        )
+    return keras_hub.layers.ImageConverter.from_preset(preset, **match_overrides(match))

@@ -132,3 +132,71 @@ def backbone_preset(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# --- Independent references for the image converters ---------------------------------
+
+ONE_LEVEL = 1.0 / 127.5  # one uint8 level on the [-1, 1] scale
+EXTREME_SHAPES = ((1, 600), (600, 1), (7, 11))
+
+
+def skimage_photos():
+    """RGB photos bundled with scikit-image (no download; `coffee` is in the real-photo
+    fixture already), plus extreme aspect ratios (1 x 600, 600 x 1, 7 x 11) cut from
+    the Hubble deep field."""
+    from skimage import data
+
+    photos = {name: getattr(data, name)() for name in ("chelsea", "rocket", "hubble_deep_field")}
+    for h, w in EXTREME_SHAPES:
+        photos[f"{h}x{w}"] = np.ascontiguousarray(photos["hubble_deep_field"][200:200 + h, 300:300 + w])
+    return photos
+
+
+def bilinear_reference(image, size):
+    """float64 bilinear resize with half-pixel centres and clamped edges, written from
+    the definition (TensorFlow's `resize_bilinear(half_pixel_centers=True)`, i.e.
+    `tf.image.resize(antialias=False)`), separable: rows, then columns."""
+
+    def axis_matrix(n_in, n_out):
+        centres = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        low = np.floor(centres)
+        frac = centres - low
+        matrix = np.zeros((n_out, n_in))
+        for i, (lo, f) in enumerate(zip(low.astype(int), frac)):
+            matrix[i, min(max(lo, 0), n_in - 1)] += 1.0 - f
+            matrix[i, min(max(lo + 1, 0), n_in - 1)] += f
+        return matrix
+
+    image = np.asarray(image, np.float64)
+    rows = axis_matrix(image.shape[0], size[0])
+    cols = axis_matrix(image.shape[1], size[1])
+    return np.einsum("pw,owc->opc", cols, np.einsum("oh,hwc->owc", rows, image))
+
+
+def hf_fixed(image, size):
+    """Hugging Face `SiglipImageProcessorPil` on one uint8 image: (size, size, 3) float."""
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    out = processor(images=[image], return_tensors="np", input_data_format="channels_last")
+    out = out["pixel_values"][0]
+    return np.transpose(out, (1, 2, 0))
+
+
+def hf_naflex(image, patch_size, max_num_patches):
+    """Hugging Face `Siglip2ImageProcessorPil` on one uint8 image: (real patches,
+    (rows, cols))."""
+    from transformers.models.siglip2.image_processing_pil_siglip2 import (
+        Siglip2ImageProcessorPil,
+    )
+
+    processor = Siglip2ImageProcessorPil(patch_size=patch_size, max_num_patches=max_num_patches)
+    out = processor(images=[image], return_tensors="np", input_data_format="channels_last")
+    rows, cols = (int(v) for v in out["spatial_shapes"][0])
+    return out["pixel_values"][0][: rows * cols], (rows, cols)
+
+
+def assert_close_to_reference(got, expected, max_diff=ONE_LEVEL + 1e-6, mean_diff=1e-3):
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64))
+    assert diff.max() <= max_diff and diff.mean() < mean_diff, (diff.max(), diff.mean())
+    return diff

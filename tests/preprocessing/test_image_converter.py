@@ -1,8 +1,12 @@
-"""SigLIP2ImageConverter: antialiased bilinear resize + [0, 255] -> [-1, 1], eager vs
-tf.data, channel handling, presets and error messages."""
+"""SigLIP2ImageConverter against independent references: big_vision's and Hugging
+Face's outputs on real photos (tests/fixtures/real_images), HF's `SiglipImageProcessorPil`
+itself and a float64 bilinear resize written from its definition on scikit-image photos
+and extreme aspect ratios; eager vs tf.data vs other backends, channel handling, presets
+and error messages."""
 
 import json
 import os
+import textwrap
 
 import numpy as np
 import pytest
@@ -10,15 +14,104 @@ import tensorflow as tf
 
 from keras_siglip2.preprocessing import SigLIP2ImageConverter
 
-from .conftest import IMAGE_SIZE
+from tests.conftest import load_real_photos, run_in_backend
+
+from .conftest import (
+    IMAGE_SIZE,
+    ONE_LEVEL,
+    assert_close_to_reference,
+    bilinear_reference,
+    hf_fixed,
+    skimage_photos,
+)
+
+REAL_PHOTOS = ("astronaut", "coffee", "tiny")
 
 
 def reference(images, size=IMAGE_SIZE):
-    """big_vision's `resize(size)|value_range(-1, 1)` on float pixels."""
-    resized = tf.image.resize(
-        np.asarray(images, "float32"), (size, size), method="bilinear", antialias=True
-    ).numpy()
-    return resized / 127.5 - 1.0
+    """big_vision's `resize(size)|value_range(-1, 1)`, by hand: bilinear without
+    antialiasing (float64), and for uint8 input truncated to whole levels."""
+    images = np.asarray(images)
+    batch = images if images.ndim == 4 else images[None]
+    out = np.stack([bilinear_reference(x, (size, size)) for x in batch])
+    if images.dtype == np.uint8:
+        out = np.floor(np.clip(out, 0, 255) + 1e-9)
+    out = out / 127.5 - 1.0
+    return out if images.ndim == 4 else out[0]
+
+
+def u8_fixture(photos, key):
+    return photos[key].astype(np.float64) / 127.5 - 1.0
+
+
+@pytest.mark.parametrize("size", [224, 384])
+@pytest.mark.parametrize("match, prefix", [("big_vision", "bv"), ("transformers", "hf")])
+def test_real_photos_match_the_reference(match, prefix, size):
+    """tests/fixtures/real_images: big_vision's `resize(R)|value_range(-1, 1)` and HF's
+    `SiglipImageProcessorPil`, eagerly and in tf.data (measured: exact, i.e. float32
+    rounding of the value map)."""
+    photos = load_real_photos()
+    converter = SigLIP2ImageConverter(image_size=size, match=match)
+    for name in REAL_PHOTOS:
+        image, expected = photos[f"img/{name}"], u8_fixture(photos, f"{prefix}_fixed{size}/{name}@u8")
+        assert_close_to_reference(converter(image), expected, max_diff=1e-6, mean_diff=1e-6)
+        in_tf_data = next(iter(tf.data.Dataset.from_tensors(image).map(converter))).numpy()
+        assert_close_to_reference(in_tf_data, expected, max_diff=1e-6, mean_diff=1e-6)
+    # The two references differ, and so do the modes: not one pipeline passing twice.
+    other = "hf" if prefix == "bv" else "bv"
+    diff = np.abs(u8_fixture(photos, f"{other}_fixed{size}/astronaut@u8")
+                  - np.asarray(converter(photos["img/astronaut"])))
+    assert diff.max() > 0.05
+
+
+@pytest.mark.parametrize(
+    "backend", ["torch", pytest.param("tensorflow", marks=pytest.mark.large)]
+)
+def test_real_photos_on_other_backends(backend):
+    """Both modes give the reference values under the other Keras backends too."""
+    code = textwrap.dedent(
+        """
+        import json, numpy as np
+        from keras_siglip2.preprocessing import SigLIP2ImageConverter
+        from tests.conftest import load_real_photos
+        photos = load_real_photos()
+        worst = {}
+        for match, prefix in (("big_vision", "bv"), ("transformers", "hf")):
+            converter = SigLIP2ImageConverter(image_size=224, match=match)
+            for name in ("astronaut", "coffee", "tiny"):
+                out = np.asarray(converter(photos[f"img/{name}"]))
+                ref = photos[f"{prefix}_fixed224/{name}@u8"] / 127.5 - 1.0
+                worst[match] = max(worst.get(match, 0.0), float(np.abs(out - ref).max()))
+        print(json.dumps(worst))
+        """
+    )
+    worst = run_in_backend(backend, code)
+    assert worst["big_vision"] <= 1e-6 and worst["transformers"] <= 1e-6, worst
+
+
+@pytest.mark.parametrize("size", [224, 384])
+def test_transformers_mode_equals_the_hf_processor(size):
+    """HF's `SiglipImageProcessorPil` itself on scikit-image photos and extreme aspect
+    ratios (measured: exact up to float32 rounding)."""
+    converter = SigLIP2ImageConverter(image_size=size, match="transformers")
+    for name, image in skimage_photos().items():
+        assert_close_to_reference(converter(image), hf_fixed(image, size), max_diff=1e-5,
+                                  mean_diff=1e-6)
+
+
+def test_big_vision_mode_equals_the_hand_reference():
+    """big_vision mode against the bilinear resize written from its definition
+    (float64), on scikit-image photos and extreme aspect ratios, at 224 and 384; uint8
+    input is truncated to whole levels (a level apart where float64 and float32 round
+    across a whole number), float input is not."""
+    for size in (224, 384):
+        converter = SigLIP2ImageConverter(image_size=size)
+        for name, image in skimage_photos().items():
+            assert_close_to_reference(converter(image), reference(image, size),
+                                      mean_diff=1e-4)
+            as_float = image.astype("float32")
+            assert_close_to_reference(converter(as_float), reference(as_float, size),
+                                      max_diff=1e-4, mean_diff=1e-5)
 
 
 def test_shape_range_and_values(image_converter, rng):
@@ -26,10 +119,14 @@ def test_shape_range_and_values(image_converter, rng):
     out = np.asarray(image_converter(images))
     assert out.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3) and out.dtype == np.float32
     assert out.min() >= -1.0 and out.max() <= 1.0
-    np.testing.assert_allclose(out, reference(images), atol=1e-5)
-    # Antialiasing matters when downsampling: without it the result is different.
-    plain = tf.image.resize(images.astype("float32"), (IMAGE_SIZE, IMAGE_SIZE)).numpy()
-    assert np.abs(out - (plain / 127.5 - 1.0)).max() > 1e-2
+    assert_close_to_reference(out, reference(images), mean_diff=1e-4)
+    # Whole uint8 levels (big_vision casts the resized image back to uint8).
+    levels = (out + 1.0) * 127.5
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+    # No antialiasing: the antialiased resize is far from it.
+    smooth = tf.image.resize(images.astype("float32"), (IMAGE_SIZE, IMAGE_SIZE),
+                             antialias=True).numpy()
+    assert np.abs(out - (smooth / 127.5 - 1.0)).max() > 1e-1
     single = np.asarray(image_converter(images[0]))
     assert single.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     np.testing.assert_allclose(single, out[0], atol=1e-6)
@@ -41,13 +138,29 @@ def test_value_map_end_points(image_converter):
         np.testing.assert_allclose(np.asarray(image_converter(image)), expected, atol=1e-6)
 
 
-def test_uint8_and_float_inputs_agree(image_converter, rng):
+def test_input_dtypes_follow_big_vision(image_converter, rng):
+    """Integer input comes back as whole levels (the cast back to the input dtype);
+    float input is resized in float and not rounded; both within one level."""
     images = rng.integers(0, 256, (3, 20, 31, 3), dtype=np.uint8)
     from_uint8 = np.asarray(image_converter(images))
-    for dtype in ("float32", "float64", "int32"):
-        np.testing.assert_allclose(
-            np.asarray(image_converter(images.astype(dtype))), from_uint8, atol=1e-6
-        )
+    np.testing.assert_allclose(np.asarray(image_converter(images.astype("int32"))),
+                               from_uint8, atol=1e-6)
+    from_float = np.asarray(image_converter(images.astype("float32")))
+    assert_close_to_reference(from_float, reference(images.astype("float32")),
+                              max_diff=1e-5, mean_diff=1e-6)
+    gap = from_float - from_uint8
+    assert gap.min() >= -1e-6 and gap.max() < ONE_LEVEL and gap.max() > 0.5 * ONE_LEVEL
+    np.testing.assert_allclose(np.asarray(image_converter(images.astype("float64"))),
+                               from_float, atol=1e-6)
+
+
+def test_transformers_mode_truncates_float_input():
+    """HF's PIL conversion keeps uint8 levels: float pixels are truncated first."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (30, 40, 3)).astype("float32")
+    converter = SigLIP2ImageConverter(image_size=16, match="transformers")
+    np.testing.assert_allclose(np.asarray(converter(image + 0.7)),
+                               np.asarray(converter(image.astype("uint8"))), atol=1e-7)
 
 
 def test_tf_data_matches_eager(image_converter, rng):
@@ -89,16 +202,15 @@ def test_list_of_different_sizes(image_converter, rng):
     out = np.asarray(image_converter(images))
     assert out.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
     for got, image in zip(out, images):
-        np.testing.assert_allclose(got, reference(image), atol=1e-5)
+        assert_close_to_reference(got, reference(image), mean_diff=1e-4)
 
 
 def test_pil_image(image_converter, rng):
     from PIL import Image
 
     array = rng.integers(0, 256, (21, 13, 3), dtype=np.uint8)
-    np.testing.assert_allclose(
-        np.asarray(image_converter(Image.fromarray(array))), reference(array), atol=1e-5
-    )
+    assert_close_to_reference(image_converter(Image.fromarray(array)), reference(array),
+                              mean_diff=1e-4)
 
 
 def test_image_size_argument_and_setter(rng):
@@ -172,3 +284,54 @@ def test_full_preset_through_keras_hub(image_converter, backbone_preset):
     restored = keras_hub.layers.ImageConverter.from_preset(backbone_preset)
     assert isinstance(restored, SigLIP2ImageConverter)
     assert restored.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_match_in_config_presets_and_bad_values(tmp_path):
+    converter = SigLIP2ImageConverter(image_size=16, match="transformers")
+    config = converter.get_config()
+    assert config["match"] == "transformers"
+    clone = SigLIP2ImageConverter.from_config(config)
+    assert (clone.match, clone.interpolation, clone.antialias) == ("transformers", "bicubic", True)
+    default = SigLIP2ImageConverter(image_size=16)
+    assert (default.match, default.interpolation, default.antialias) == (
+        "big_vision", "bilinear", False)
+    preset = str(tmp_path / "converter")
+    default.save_to_preset(preset)
+    assert SigLIP2ImageConverter.from_preset(preset).match == "big_vision"
+    switched = SigLIP2ImageConverter.from_preset(preset, match="transformers")
+    assert (switched.match, switched.interpolation) == ("transformers", "bicubic")
+    with pytest.raises(ValueError, match=r"`match`.*'big_vision', 'transformers'.*'pil'"):
+        SigLIP2ImageConverter(match="pil")
+    with pytest.raises(ValueError, match="`match`.*'bilinear'"):
+        SigLIP2ImageConverter.from_preset(preset, match="bilinear")
+    with pytest.raises(ValueError, match="match='transformers'.*interpolation"):
+        SigLIP2ImageConverter(match="transformers", interpolation="bilinear")
+    with pytest.raises(ValueError, match="match='transformers'"):
+        SigLIP2ImageConverter(match="transformers", crop_to_aspect_ratio=True)
+
+
+def test_unknown_recorded_mode_names_the_preset_file(tmp_path):
+    from keras_siglip2.preprocessing import SigLIP2NaFlexImageConverter
+
+    for converter in (SigLIP2ImageConverter(image_size=16),
+                      SigLIP2NaFlexImageConverter(4, 8)):
+        preset = tmp_path / type(converter).__name__
+        converter.save_to_preset(str(preset))
+        path = preset / "image_converter.json"
+        saved = json.loads(path.read_text())
+        saved["config"]["match"] = "opencv"
+        path.write_text(json.dumps(saved))
+        with pytest.raises(ValueError, match=f"{path}.*'opencv'.*'big_vision', 'transformers'"):
+            type(converter).from_preset(str(preset))
+        assert type(converter).from_preset(str(preset), match="transformers").match == (
+            "transformers")
+
+
+def test_config_saved_before_match_loads_as_big_vision():
+    """A config written before `match` existed recorded the old (wrong) default
+    antialias=True: it loads as big_vision's pipeline."""
+    old = SigLIP2ImageConverter(image_size=16).get_config()
+    old.pop("match")
+    old.update(interpolation="bilinear", antialias=True)
+    restored = SigLIP2ImageConverter.from_config(old)
+    assert (restored.match, restored.antialias) == ("big_vision", False)

@@ -1,7 +1,9 @@
 """SigLIP2NaFlexImageConverter against big_vision's NaFlex preprocessing
 (`value_range(-1, 1)|resize_to_sequence|patchify`, pad): the reference output sizes of
-`resize_to_sequence`, the patch grids and patches of the shared fixture naflex_b.npz,
-the (py, px, c) patch order, eager vs tf.data, channel handling and bad input."""
+`resize_to_sequence`, the patch grids and patches of the shared fixture naflex_b.npz and
+of the real-photo fixture, and, with `match="transformers"`, HF's
+`Siglip2ImageProcessorPil` itself; the (py, px, c) patch order, eager vs tf.data,
+channel handling and bad input."""
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from keras_siglip2.preprocessing.naflex_image_converter import (
     naflex_inputs_from_transformers,
     target_size_for_sequence,
 )
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, load_real_photos
+
+from .conftest import assert_close_to_reference, hf_naflex, skimage_photos
 
 # big_vision `resize_to_sequence` (input hw, patch, max patches -> output hw), as
 # recorded in docs/reference_facts.md.
@@ -197,27 +201,101 @@ def test_config_round_trip():
     assert clone.patch_size == 14 and clone.max_num_patches == 576
 
 
-def test_inputs_from_transformers_layout(rng):
-    """HF's Siglip2ImageProcessor output (pixel_values, spatial_shapes,
-    pixel_attention_mask: real patches first, row-major) -> the three NaFlex inputs."""
-    converter = SigLIP2NaFlexImageConverter(patch_size=4, max_num_patches=20)
-    images = random_images(rng, [(30, 11), (8, 25)])
-    ours = as_numpy(converter(images))
-    spatial_shapes = ours["patch_positions"].max(1) + 1
-    got = as_numpy(
-        naflex_inputs_from_transformers(ours["pixel_patches"], spatial_shapes, ours["patch_mask"])
+def test_inputs_from_transformers_layout():
+    """HF's `Siglip2ImageProcessorPil` output itself (pixel_values, spatial_shapes,
+    pixel_attention_mask: real patches first, row-major) -> the three NaFlex inputs,
+    equal to the transformers mode of the converter on the same photos."""
+    from transformers.models.siglip2.image_processing_pil_siglip2 import (
+        Siglip2ImageProcessorPil,
     )
-    for key in ours:
-        np.testing.assert_array_equal(got[key], ours[key])
+
+    photos = skimage_photos()
+    images = [photos["chelsea"], photos["7x11"]]
+    hf = Siglip2ImageProcessorPil(patch_size=16, max_num_patches=64)(
+        images=images, return_tensors="np", input_data_format="channels_last"
+    )
+    got = as_numpy(naflex_inputs_from_transformers(
+        hf["pixel_values"], hf["spatial_shapes"], hf["pixel_attention_mask"]
+    ))
+    ours = as_numpy(SigLIP2NaFlexImageConverter(16, 64, match="transformers")(images))
+    np.testing.assert_array_equal(got["patch_positions"], ours["patch_positions"])
+    np.testing.assert_array_equal(got["patch_mask"], ours["patch_mask"])
+    np.testing.assert_allclose(got["pixel_patches"], ours["pixel_patches"], atol=1e-6)
+    spatial_shapes = hf["spatial_shapes"]
     with pytest.raises(ValueError, match="spatial_shapes"):
         naflex_inputs_from_transformers(
-            ours["pixel_patches"], spatial_shapes * 2, ours["patch_mask"]
+            hf["pixel_values"], spatial_shapes * 8, hf["pixel_attention_mask"]
         )
-    disagree = ours["patch_mask"].copy()
+    disagree = hf["pixel_attention_mask"].copy()
     disagree[1, 0] = 0  # a mask that disagrees with spatial_shapes
     with pytest.raises(ValueError, match="pixel_attention_mask"):
-        naflex_inputs_from_transformers(ours["pixel_patches"], spatial_shapes, disagree)
+        naflex_inputs_from_transformers(hf["pixel_values"], spatial_shapes, disagree)
     with pytest.raises(ValueError, match="got shapes"):  # mismatched lengths
         naflex_inputs_from_transformers(
-            ours["pixel_patches"][:, :-1], spatial_shapes, ours["patch_mask"]
+            hf["pixel_values"][:, :-1], spatial_shapes, hf["pixel_attention_mask"]
         )
+
+
+def _real_patches(out, count):
+    return np.asarray(out["pixel_patches"])[:count], np.asarray(out["patch_positions"])[:count]
+
+
+def test_real_photos_match_big_vision_and_transformers():
+    """tests/fixtures/real_images: big_vision's `value_range|resize_to_sequence|patchify`
+    and HF's `Siglip2ImageProcessorPil` (measured: both exact), eagerly and in
+    tf.data; the two references differ."""
+    photos = load_real_photos()
+    for name in ("astronaut", "coffee", "tiny"):
+        image = photos[f"img/{name}"]
+        for match in ("big_vision", "transformers"):
+            converter = SigLIP2NaFlexImageConverter(16, 256, match=match)
+            outs = [as_numpy(converter(image)),
+                    as_numpy(next(iter(tf.data.Dataset.from_tensors(image).map(converter))))]
+            for out in outs:
+                if match == "big_vision":
+                    key = f"bv_naflex16_256/{name}"
+                    expected = photos[f"{key}/patches"]
+                    grid = np.stack([photos[f"{key}/yidx"], photos[f"{key}/xidx"]], -1)
+                else:
+                    key = f"hf_naflex16_256/{name}"
+                    expected = photos[f"{key}/patches@u8"] / 127.5 - 1.0
+                    rows, cols = photos[f"{key}/spatial_shape"]
+                    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols),
+                                                indexing="ij"), -1).reshape(-1, 2)
+                patches, positions = _real_patches(out, len(expected))
+                assert int(out["patch_mask"].sum()) == len(expected)
+                np.testing.assert_array_equal(positions, grid)
+                assert_close_to_reference(patches, expected, max_diff=1e-6, mean_diff=1e-6)
+    bv = SigLIP2NaFlexImageConverter(16, 256)(photos["img/astronaut"])
+    hf = photos["hf_naflex16_256/astronaut/patches@u8"] / 127.5 - 1.0
+    # The references differ by under a level (HF rounds to uint8 levels after its
+    # resize; measured: mean 0.0021, max 0.0078), far more than the 1e-6 above.
+    assert np.abs(np.asarray(bv["pixel_patches"]) - hf).mean() > 1e-3
+    for key, patch, n in (("bv_naflex16_1024", 16, 1024), ("bv_naflex14_729", 14, 729)):
+        out = SigLIP2NaFlexImageConverter(patch, n)(photos["img/tiny"])
+        expected = photos[f"{key}/tiny/patches"]
+        assert_close_to_reference(_real_patches(out, len(expected))[0], expected,
+                                  max_diff=1e-6, mean_diff=1e-6)
+
+
+def test_transformers_mode_equals_the_hf_processor():
+    """HF's `Siglip2ImageProcessorPil` itself on scikit-image photos and 1 x 600,
+    600 x 1, 7 x 11 images, at two sequence lengths (measured: exact)."""
+    for n in (256, 64):
+        converter = SigLIP2NaFlexImageConverter(16, n, match="transformers")
+        for name, image in skimage_photos().items():
+            expected, (rows, cols) = hf_naflex(image, 16, n)
+            out = as_numpy(converter(image))
+            patches, positions = _real_patches(out, len(expected))
+            assert int(out["patch_mask"].sum()) == rows * cols, name
+            assert positions[-1].tolist() == [rows - 1, cols - 1], name
+            assert_close_to_reference(patches, expected, max_diff=1e-5, mean_diff=1e-6)
+
+
+def test_match_in_config_and_bad_values():
+    converter = SigLIP2NaFlexImageConverter(16, 64, match="transformers")
+    assert converter.get_config()["match"] == "transformers"
+    assert SigLIP2NaFlexImageConverter.from_config(converter.get_config()).match == "transformers"
+    assert SigLIP2NaFlexImageConverter().match == "big_vision"
+    with pytest.raises(ValueError, match=r"`match`.*'big_vision', 'transformers'.*'pil'"):
+        SigLIP2NaFlexImageConverter(match="pil")

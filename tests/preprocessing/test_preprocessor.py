@@ -14,7 +14,7 @@ from keras_siglip2.preprocessing import (
     SigLIP2Tokenizer,
 )
 
-from .conftest import IMAGE_SIZE, SEQUENCE_LENGTH
+from .conftest import IMAGE_SIZE, SEQUENCE_LENGTH, bilinear_reference
 
 TEXTS = ["A photo of a CAT.", "L'ÉCOLE à côté", "一只猫", "एक बिल्ली"]
 
@@ -159,9 +159,9 @@ def test_outputs_feed_the_backbone(preprocessor, small_backbone, spm_processor, 
     """What the backbone computes from the preprocessor's outputs equals what it computes
     from inputs built by hand from the references: SentencePiece's own ids of the
     lowercased text, cut to L - 1, then EOS (1), then <pad> (0); big_vision's
-    antialiased bilinear resize to IMAGE_SIZE, then [0, 255] -> [-1, 1]
-    (tf.image.resize). Compared: the image embeddings, within 1e-5 (measured: 1.9e-6;
-    the pixels differ by 3.6e-7, float32 rounding of the two resizes), and the text
+    `resize(IMAGE_SIZE)|value_range(-1, 1)` by hand (bilinear without antialiasing in
+    float64, truncated to uint8 levels, then [0, 255] -> [-1, 1]). Compared: the image
+    embeddings, within 1e-5 (the pixels are the same levels), and the text
     tower's token features, equal (the same ids; compared there because the text head
     starts at zero, so the text embeddings, and the logits, do not yet depend on the
     text)."""
@@ -173,8 +173,9 @@ def test_outputs_feed_the_backbone(preprocessor, small_backbone, spm_processor, 
         ids = spm_processor.encode(text.lower())[: SEQUENCE_LENGTH - 1] + [1]
         token_ids.append(ids + [0] * (SEQUENCE_LENGTH - len(ids)))
     token_ids = np.asarray(token_ids, "int32")
-    pixels = tf.image.resize(images.astype("float32"), (IMAGE_SIZE, IMAGE_SIZE),
-                             method="bilinear", antialias=True).numpy() / 127.5 - 1.0
+    resized = np.stack([bilinear_reference(x, (IMAGE_SIZE, IMAGE_SIZE)) for x in images])
+    pixels = np.floor(np.clip(resized, 0, 255) + 1e-9) / 127.5 - 1.0
+    np.testing.assert_allclose(x["images"], pixels, atol=1e-6)
     numpy = keras.ops.convert_to_numpy
     image_embeddings = numpy(small_backbone.get_vision_embeddings(x["images"]))
     expected = numpy(small_backbone.get_vision_embeddings(pixels.astype("float32")))
@@ -184,3 +185,28 @@ def test_outputs_feed_the_backbone(preprocessor, small_backbone, spm_processor, 
     features, expected = numpy(text.get_tokens(x["token_ids"])), numpy(text.get_tokens(token_ids))
     assert np.abs(expected - expected.mean(0)).max() > 1e-2  # the texts tell apart
     np.testing.assert_array_equal(features, expected)
+
+
+def test_match_from_preset_and_unknown_recorded_mode(tokenizer, image_converter, backbone_preset):
+    import json
+
+    SigLIP2Preprocessor(tokenizer, image_converter).save_to_preset(backbone_preset)
+    assert SigLIP2Preprocessor.from_preset(backbone_preset).image_converter.match == "big_vision"
+    switched = SigLIP2Preprocessor.from_preset(backbone_preset, match="transformers")
+    assert switched.image_converter.match == "transformers"
+    assert switched.image_converter.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ValueError, match="`match`.*'big_vision', 'transformers'"):
+        SigLIP2Preprocessor.from_preset(backbone_preset, match="pil")
+    for name in ("image_converter.json", "preprocessor.json"):
+        path = os.path.join(backbone_preset, name)
+        with open(path) as f:
+            saved = json.load(f)
+        config = saved["config"]
+        config = config["image_converter"]["config"] if "image_converter" in config else config
+        config["match"] = "opencv"
+        with open(path, "w") as f:
+            json.dump(saved, f)
+        with pytest.raises(ValueError, match=f"{path}.*'opencv'"):
+            SigLIP2Preprocessor.from_preset(backbone_preset)
+    fixed = SigLIP2Preprocessor.from_preset(backbone_preset, match="big_vision")
+    assert fixed.image_converter.match == "big_vision"
