@@ -189,16 +189,23 @@ def test_classify_naflex_preset(ws):
     from keras_siglip2.tasks import SigLIP2ZeroShotClassifier
 
     preset = make_tiny_preset(ws["root"] / "naflex_preset", ws["spm"].read_bytes(), naflex=True)
+    # --match transformers: the images go through HF's preprocessing instead of the
+    # preset's (big_vision).
     proc = ok(run_cli("classify", *ws["images"], "--labels", "chat,chien", "--lang", "fr",
-                      "--preset", preset, "--json"))
+                      "--preset", preset, "--json", "--match", "transformers"))
     out = json.loads(proc.stdout)
     assert out["templates"] == ["une photo de {}.", "une image de {}.", "une photo en gros plan de {}."]
-    clf = SigLIP2ZeroShotClassifier(SigLIP2Backbone.from_preset(preset),
-                                    SigLIP2Preprocessor.from_preset(preset), ["chat", "chien"],
-                                    out["templates"])
+    backbone = SigLIP2Backbone.from_preset(preset)
+    preprocessor = SigLIP2Preprocessor.from_preset(preset, match="transformers")
+    assert preprocessor.image_converter.match == "transformers"
+    assert SigLIP2Preprocessor.from_preset(preset).image_converter.match == "big_vision"
+    clf = SigLIP2ZeroShotClassifier(backbone, preprocessor, ["chat", "chien"], out["templates"])
     expected = clf.predict(ws["images"])
     got = np.array([[r["probabilities"][c] for c in ("chat", "chien")] for r in out["results"]])
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    proc = run_cli("classify", *ws["images"], "--labels", "a", "--preset", preset,
+                   "--match", "pil")
+    assert proc.returncode != 0 and "big_vision" in proc.stderr and "transformers" in proc.stderr
 
 
 # --------------------------------------------------------------------------- embed
@@ -302,6 +309,7 @@ def test_convert_big_vision(ws):
     check_preset_matches(out_dir, from_big_vision(fixture_path("fixed_b")))
     preprocessor = SigLIP2Preprocessor.from_preset(str(out_dir))  # complete preset
     assert preprocessor.tokenizer.vocabulary_size() > 100
+    assert preprocessor.image_converter.match == "big_vision"
 
 
 def test_failed_convert_leaves_no_output(ws):
@@ -343,6 +351,8 @@ def test_convert_transformers(ws):
                                     "--json")).stdout)
     assert summary["tokenizer"] is False and summary["vision"] == "SigLIP2VisionEncoder"
     check_preset_matches(out_dir, from_transformers(hf_dir))
+    with open(out_dir / "image_converter.json") as f:  # HF's preprocessing recorded
+        assert json.load(f)["config"]["match"] == "transformers"
 
 
 @pytest.mark.large

@@ -148,6 +148,26 @@ def _pad_rows(inputs, rows):
 _TF_CONVERTERS = weakref.WeakKeyDictionary()
 
 
+def _tf_ready(array):
+    """uint8 stays uint8 (the converter's uint8 round trip, as big_vision does it);
+    every other dtype becomes float32."""
+    array = np.asarray(array)
+    return array if array.dtype == np.uint8 else array.astype(np.float32)
+
+
+def _tf_converter(converter, dtype):
+    """`converter` as a `tf.function` traced once per input dtype for all image sizes."""
+    per_dtype = _TF_CONVERTERS.setdefault(converter, {})
+    key = np.dtype(dtype).name
+    if key not in per_dtype:
+        per_dtype[key] = tf.function(
+            converter,
+            input_signature=[tf.TensorSpec((None, None, 3), tf.as_dtype(dtype))],
+            reduce_retracing=True,
+        )
+    return per_dtype[key]
+
+
 def convert_images(preprocessor, arrays):
     """The image tower's inputs (a NumPy dict) for a list of RGB arrays (H, W, 3) of
     any sizes, through `preprocessor`'s image converter (or a converter itself).
@@ -164,16 +184,9 @@ def convert_images(preprocessor, arrays):
         )
     arrays = list(arrays)
     if tf is not None and not hasattr(converter, "max_num_patches"):
-        convert_one = _TF_CONVERTERS.get(converter)
-        if convert_one is None:
-            convert_one = tf.function(
-                converter,
-                input_signature=[tf.TensorSpec((None, None, 3), tf.float32)],
-                reduce_retracing=True,
-            )
-            _TF_CONVERTERS[converter] = convert_one
         with tf.device("cpu"):
-            images = [convert_one(tf.constant(a, tf.float32)).numpy() for a in arrays]
+            images = [_tf_converter(converter, a.dtype)(tf.constant(a)).numpy() for a in
+                      (_tf_ready(a) for a in arrays)]
         return {"images": np.stack(images).astype(np.float32)}
     converted = converter(arrays)
     if not isinstance(converted, dict):
