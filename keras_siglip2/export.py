@@ -9,6 +9,12 @@ SavedModel signatures (loadable with plain `tf.saved_model.load`, no keras_sigli
   (B, N, 2), `patch_mask` int32 (B, N) (any N) -> {"embeddings": (B, D)};
 - `embed_texts`: `token_ids` int32 (B, L) (L = the text tower's length, 64) ->
   {"embeddings": (B, D)};
+- `embed_image_bytes` (when the export has an image converter: the preset's
+  `image_converter.json`, or the `image_converter` argument): `image_bytes` string (B,)
+  of encoded JPEG / PNG / GIF / BMP files of any sizes -> {"embeddings": (B, D)}. Each
+  file is decoded to uint8 RGB and preprocessed in the graph exactly as the converter
+  does it (its `match` mode: big_vision's or transformers' resize; NaFlex patches
+  padded to `max_num_patches`), so a server needs no preprocessing code;
 - `score` (with both towers): `image_embeddings` (B_img, D), `text_embeddings`
   (B_txt, D) -> {"logits": exp(t) * cos + b, "probabilities": sigmoid(logits)}, both
   (B_img, B_txt).
@@ -102,7 +108,8 @@ def _resolve_tower(kind, tower, format):
     return tower
 
 
-def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="float32"):
+def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="float32",
+           image_converter=None):
     """Exports a SigLIP 2 model for serving; returns the absolute `out_path`.
 
     Args:
@@ -115,6 +122,10 @@ def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="f
             model has for a SavedModel, the image tower for LiteRT.
         dtype: compute dtype of the exported graph when the weights are (re)loaded,
             "float32" by default (serving inputs and outputs are float32).
+        image_converter: the image converter behind the `embed_image_bytes`
+            signature (SavedModel with the image tower only). Default: the preset's
+            own (`image_converter.json`), with the `match` mode it records; none when
+            a model is passed without one (then no `embed_image_bytes`).
 
     Example:
     ```python
@@ -131,6 +142,8 @@ def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="f
         kind = _preset_kind(source)
         tower = _resolve_tower(kind, tower, format)
         model = None
+        if image_converter is None and tower != "text" and format == "saved_model":
+            image_converter = _preset_image_converter(source)
     else:
         kind = _model_kind(model_or_preset)
         tower = _resolve_tower(kind, tower, format)
@@ -138,20 +151,44 @@ def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="f
         source = None
     os.makedirs(parent, exist_ok=True)
 
+    if format != "saved_model" or tower == "text":
+        image_converter = None
     if keras.backend.backend() == "tensorflow":
         if model is None:
             model = _load_preset(source, dtype)
-        _export_tf(model, out_path, format, tower)
+        _export_tf(model, out_path, format, tower, image_converter)
         return out_path
     with tempfile.TemporaryDirectory(prefix=".siglip2-export-", dir=parent) as tmp:
         if model is not None:
             source = os.path.join(tmp, "preset")
             model.save_to_preset(source)
+        converter_dir = None
+        if image_converter is not None:
+            converter_dir = os.path.join(tmp, "image_converter")
+            image_converter.save_to_preset(converter_dir)
         _run_tf_worker(
             {"preset": source, "out_path": out_path, "format": format, "tower": tower,
-             "dtype": dtype}
+             "dtype": dtype, "image_converter": converter_dir}
         )
     return out_path
+
+
+def _preset_image_converter(source):
+    """The preset's image converter (with its recorded `match`), or None if the
+    preset has no `image_converter.json`."""
+    from keras_siglip2.preprocessing.image_converter import IMAGE_CONVERTER_CONFIG_FILE
+
+    if not os.path.isfile(os.path.join(source, IMAGE_CONVERTER_CONFIG_FILE)):
+        return None
+    return _load_image_converter(source)
+
+
+def _load_image_converter(source):
+    import keras_hub
+
+    import keras_siglip2  # noqa: F401  (registers the converters for from_preset)
+
+    return keras_hub.layers.ImageConverter.from_preset(source)
 
 
 def _preset_kind(source):
@@ -205,7 +242,7 @@ def _run_tf_worker(args):
         )
 
 
-def _export_tf(model, out_path, format, tower):
+def _export_tf(model, out_path, format, tower, image_converter=None):
     """Writes the export with the TensorFlow backend (this process)."""
     import tensorflow as tf
 
@@ -213,7 +250,8 @@ def _export_tf(model, out_path, format, tower):
     tmp = tempfile.mkdtemp(prefix=".siglip2-export-", dir=parent)
     try:
         saved_model = os.path.join(tmp, "saved_model")
-        _write_saved_model(model, saved_model, tower, static_naflex=format == "litert")
+        _write_saved_model(model, saved_model, tower, static_naflex=format == "litert",
+                           image_converter=image_converter)
         if format == "saved_model":
             os.replace(saved_model, out_path)
         else:
@@ -255,7 +293,66 @@ def _vision_signature(vision, static_naflex):
     }
 
 
-def _write_saved_model(model, path, tower, static_naflex=False):
+def _decoded_image_spec(vision, converter):
+    """The converter's output for one decoded image, as `tf.map_fn` needs it."""
+    import tensorflow as tf
+
+    if hasattr(vision, "image_size"):
+        height, width = vision.image_size
+        if hasattr(converter, "max_num_patches"):
+            raise ValueError(
+                "`image_converter` is a NaFlex converter but the image tower has a fixed "
+                f"resolution {(height, width)}; pass a SigLIP2ImageConverter."
+            )
+        if tuple(converter.image_size) != (height, width):
+            raise ValueError(
+                f"`image_converter` resizes to {tuple(converter.image_size)} but the image "
+                f"tower takes {(height, width)}; pass the converter of the same preset."
+            )
+        return tf.TensorSpec((height, width, 3), tf.float32)
+    if not hasattr(converter, "max_num_patches"):
+        raise ValueError(
+            "`image_converter` is a fixed-resolution converter but the image tower is a "
+            "NaFlex tower; pass a SigLIP2NaFlexImageConverter."
+        )
+    n = converter.max_num_patches
+    return {
+        "pixel_patches": tf.TensorSpec((n, vision.patch_dim), tf.float32),
+        "patch_positions": tf.TensorSpec((n, 2), tf.int32),
+        "patch_mask": tf.TensorSpec((n,), tf.int32),
+    }
+
+
+def _add_image_bytes_endpoint(archive, vision, converter):
+    """`embed_image_bytes`: encoded files -> uint8 RGB -> the converter -> embeddings."""
+    import tensorflow as tf
+
+    from keras_siglip2.layers import l2_normalize
+
+    spec = _decoded_image_spec(vision, converter)
+
+    def preprocess(encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = tf.ensure_shape(image, (None, None, 3))
+        out = converter(image)
+        if isinstance(out, dict):
+            return {k: tf.cast(out[k], spec[k].dtype) for k in spec}
+        return tf.cast(out, tf.float32)
+
+    def embed_image_bytes(image_bytes):
+        inputs = tf.map_fn(preprocess, image_bytes, fn_output_signature=spec)
+        if not isinstance(inputs, dict):
+            inputs = {"images": inputs}
+        return {"embeddings": l2_normalize(vision(inputs))}
+
+    archive.add_endpoint(
+        "embed_image_bytes",
+        embed_image_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+    )
+
+
+def _write_saved_model(model, path, tower, static_naflex=False, image_converter=None):
     """SavedModel with the signatures of the module docstring for the chosen tower(s)."""
     import tensorflow as tf
 
@@ -274,6 +371,8 @@ def _write_saved_model(model, path, tower, static_naflex=False):
             embed_images,
             input_signature=[_vision_signature(vision, static_naflex)],
         )
+        if image_converter is not None:
+            _add_image_bytes_endpoint(archive, vision, image_converter)
     if tower in ("text", "both"):
 
         def embed_texts(token_ids):
@@ -289,7 +388,8 @@ def _write_saved_model(model, path, tower, static_naflex=False):
         dim = vision.hidden_dim
 
         def score(image_embeddings, text_embeddings):
-            logits, _ = logit_head(image_embeddings, text_embeddings)
+            # float32 logits whatever the dtype policy of the weights.
+            logits, _ = logit_head.float32_logits(image_embeddings, text_embeddings)
             return {"logits": logits, "probabilities": tf.sigmoid(logits)}
 
         archive.add_endpoint(
@@ -309,7 +409,9 @@ def _worker(args_json):
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError("The export worker must run with KERAS_BACKEND=tensorflow.")
     model = _load_preset(args["preset"], args["dtype"])
-    _export_tf(model, args["out_path"], args["format"], args["tower"])
+    converter = args.get("image_converter")
+    converter = _load_image_converter(converter) if converter else None
+    _export_tf(model, args["out_path"], args["format"], args["tower"], converter)
 
 
 class _CallableModule(types.ModuleType):
