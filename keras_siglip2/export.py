@@ -162,13 +162,12 @@ def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="f
         if model is not None:
             source = os.path.join(tmp, "preset")
             model.save_to_preset(source)
-        converter_dir = None
+        converter = None
         if image_converter is not None:
-            converter_dir = os.path.join(tmp, "image_converter")
-            image_converter.save_to_preset(converter_dir)
+            converter = keras.saving.serialize_keras_object(image_converter)
         _run_tf_worker(
             {"preset": source, "out_path": out_path, "format": format, "tower": tower,
-             "dtype": dtype, "image_converter": converter_dir}
+             "dtype": dtype, "image_converter": converter}
         )
     return out_path
 
@@ -410,7 +409,10 @@ def _worker(args_json):
         raise RuntimeError("The export worker must run with KERAS_BACKEND=tensorflow.")
     model = _load_preset(args["preset"], args["dtype"])
     converter = args.get("image_converter")
-    converter = _load_image_converter(converter) if converter else None
+    if converter is not None:
+        import keras_siglip2  # noqa: F401  (registers the converter classes)
+
+        converter = keras.saving.deserialize_keras_object(converter)
     _export_tf(model, args["out_path"], args["format"], args["tower"], converter)
 
 
