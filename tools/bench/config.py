@@ -20,6 +20,7 @@ FULL = {
     "repeats": 9,
     "min_seconds": 0.5,  # each timed sample loops the call until it lasts this long
     "matmul_size": 2048,
+    "profile_calls": 3,  # forwards run under jax.profiler for the "profile" row
     # Batches sized so that `make bench` stays under 15 min on a 2-core machine; the
     # Keras `predict_on_batch` path is timed in the quick config only (it matched the
     # jitted path within 1 % at batch 8 in an earlier full run).
@@ -60,6 +61,7 @@ QUICK = {
     "repeats": 2,
     "min_seconds": 0.02,
     "matmul_size": 256,
+    "profile_calls": 2,
     "inference": {"arch": "tiny (width 64, 2 layers, 32 px)", "vision": TINY_VISION,
                   "text": TINY_TEXT, "image_batch": 4, "text_batch": 4,
                   "predict_on_batch": True},
