@@ -42,6 +42,9 @@ FULL = {
                  "pipeline_images": 64,
                  "source_size": 256, "pipeline_batches": 4},
     "loss_memory": {"batches": [4096, 16384], "dim": 768, "chunk_size": 1024},
+    # Compiled only (never run): B = 65,536 costs seconds; 65,536 is the peers' figure.
+    "scaling": {"batches": [256, 1024, 4096, 16384, 32768, 65536], "dim": 768,
+                "chunk_size": 1024},
     # The LocCa decoder's loss at the paper's sizes: Gemma's 256k vocabulary + 1,024
     # location bins, B = 256 captions of 64 tokens, decoder width 768 (B-sized).
     "decoder_loss_memory": {"batch": 256, "length": 64, "width": 768,
@@ -74,6 +77,7 @@ QUICK = {
                  "local_image_size": 16,
                  "pipeline_images": 8, "source_size": 48, "pipeline_batches": 2},
     "loss_memory": {"batches": [256, 1024], "dim": 64, "chunk_size": 128},
+    "scaling": {"batches": [256, 512, 1024], "dim": 64, "chunk_size": 128},
     "decoder_loss_memory": {"batch": 8, "length": 16, "width": 64, "vocabulary": 4096,
                             "chunk": 512},
     "gpu": {"archs": {"tiny": (TINY_VISION, TINY_TEXT)}, "image_batch": 4,
