@@ -38,3 +38,11 @@ def test_plain_loss_memory_grows_quadratically():
         exponents[name] = rows_scaling.fitted_exponent(batches, sizes)
     assert exponents["plain"] == pytest.approx(2.0, abs=0.1)
     assert exponents["chunked (chunk 64)"] < 1.3
+
+
+def test_curve_entries_fit_each_curve():
+    curves = {"a": [(128, 1e-3), (256, 4e-3), (512, 16e-3)], "b": [(1, 2.0), (2, 4.0)]}
+    entries = {e["label"]: e for e in rows_scaling._curve_entries(curves, "N", "N")}
+    assert entries["a: time exponent over N = 128..512"]["value"] == pytest.approx(2.0)
+    assert entries["b: time exponent over N = 1..2"]["value"] == pytest.approx(1.0)
+    assert "256: 4 ms" in entries["a: time exponent over N = 128..512"]["note"]
