@@ -151,10 +151,14 @@ def _jax_kernel_accepts(q, k, attention_mask):
         return False
     from keras.src.backend.jax.nn import _can_use_flash_attention  # lazy: JAX only
 
-    head_dim = q.shape[-1]
-    probe = ops.zeros((1, 1, 1, head_dim + 8 - head_dim % 8), q.dtype)
+    # The kernel sees the folded inputs: the head dim padded to the next multiple of 8.
+    # Zeros of those shapes (batch 1) stand in for them; under jit they are never built.
+    _, t, heads, head_dim = q.shape
+    width = head_dim + 8 - head_dim % 8
+    query = ops.zeros((1, t, heads, width), q.dtype)
+    key = ops.zeros((1, k.shape[1], heads, width), q.dtype)
     try:
-        return bool(_can_use_flash_attention(probe, probe, probe, None))
+        return bool(_can_use_flash_attention(query, key, key, None))
     except Exception:  # a private keras helper: any failure means "no kernel"
         return False
 
