@@ -33,7 +33,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The rows register themselves in ROWS on import, in table order.
-from tools.bench import rows_inference, rows_naflex, rows_training, rows_memory, rows_gpu  # noqa: E402,F401
+from tools.bench import rows_inference, rows_profile, rows_naflex, rows_training, rows_memory, rows_scaling, rows_gpu  # noqa: E402,F401
 # Re-exported: the names the tests and users reach as `benchmark.X`.
 from tools.bench.common import (  # noqa: E402,F401
     ROWS, NotAvailable, _now, alternate, free_memory, paired_ratio, progress, require,
@@ -82,7 +82,8 @@ def main(argv=None):
         for key in ("naflex", "training"):
             cfg[key] = dict(cfg[key], repeats=args.repeats)
     start = _now()
-    ctx = {"notes": {}}
+    out = Path(args.out) if args.out else ROOT / ("build/bench-quick" if args.quick else "docs")
+    ctx = {"notes": {}, "out": out, "plots": []}  # rows may write plots into `out`
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "config": cfg["name"],
@@ -91,9 +92,9 @@ def main(argv=None):
         "meta": machine_info(),
         "rows": {},
         "notes": ctx["notes"],
+        "plots": ctx["plots"],  # PNG files in `out`, shown in benchmarks.md
     }
     failed = False
-    out = Path(args.out) if args.out else ROOT / ("build/bench-quick" if args.quick else "docs")
     for name in args.rows:
         title, fn = ROWS[name]
         t0 = _now()

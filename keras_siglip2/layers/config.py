@@ -10,6 +10,12 @@ class ConfigAttributes:
 
     CONFIG_KEYS = ()
 
+    def store_config(self, values):
+        """Sets `self.<key> = values[key]` for every key of `CONFIG_KEYS`; constructors
+        call it with their `locals()` once the arguments are normalized."""
+        for key in self.CONFIG_KEYS:
+            setattr(self, key, values[key])
+
     def get_config(self):
         config = super().get_config()
         for key in self.CONFIG_KEYS:

@@ -5,7 +5,6 @@ The single query output is the image embedding (SigLIP 2 has no image projection
 import keras
 from keras import ops
 
-from keras_siglip2.layers.attention import SigLIP2Attention
 from keras_siglip2.layers.initializers import dense_kernel_init
 from keras_siglip2.layers.mlp import SigLIP2MLP
 from keras_siglip2.layers.transformer import SigLIP2BlockBase, layer_norm
@@ -18,9 +17,7 @@ class SigLIP2MAPHead(SigLIP2BlockBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         policy = self.dtype_policy
-        self.attention = SigLIP2Attention(
-            self.hidden_dim, self.num_heads, cross_attention=True, dtype=policy, name="attention"
-        )
+        self.attention = self.attention_layer("attention", cross_attention=True)
         self.norm = layer_norm("norm", policy, self.layer_norm_epsilon)
         self.mlp = SigLIP2MLP(self.hidden_dim, self.intermediate_dim, dtype=policy, name="mlp")
 

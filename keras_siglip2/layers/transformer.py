@@ -3,7 +3,7 @@
 
 import keras
 
-from keras_siglip2.layers.attention import SigLIP2Attention
+from keras_siglip2.layers.attention import SigLIP2Attention, check_attention_implementation
 from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.mlp import SigLIP2MLP
 
@@ -17,9 +17,13 @@ def layer_norm(name, dtype, epsilon=LAYER_NORM_EPSILON):
 
 class SigLIP2BlockBase(ConfigAttributes, keras.layers.Layer):
     """What the pre-LN blocks share (encoder block, MAP head, LocCa decoder block):
-    `hidden_dim`, `num_heads`, `intermediate_dim` (MLP) and `layer_norm_epsilon`."""
+    `hidden_dim`, `num_heads`, `intermediate_dim` (MLP), `layer_norm_epsilon` and
+    `attention_implementation` ("auto", "flash" or "xla"; `layers/attention.py`)."""
 
-    CONFIG_KEYS = ("hidden_dim", "num_heads", "intermediate_dim", "layer_norm_epsilon")
+    CONFIG_KEYS = (
+        "hidden_dim", "num_heads", "intermediate_dim", "layer_norm_epsilon",
+        "attention_implementation",
+    )
 
     def __init__(
         self,
@@ -27,6 +31,7 @@ class SigLIP2BlockBase(ConfigAttributes, keras.layers.Layer):
         num_heads,
         intermediate_dim,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
+        attention_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -34,6 +39,27 @@ class SigLIP2BlockBase(ConfigAttributes, keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.attention_implementation = check_attention_implementation(
+            attention_implementation
+        )
+
+    def attention_layer(self, name, cross_attention=False):
+        """A `SigLIP2Attention` of this block's width, heads, policy and implementation."""
+        return SigLIP2Attention(
+            self.hidden_dim, self.num_heads, cross_attention=cross_attention,
+            attention_implementation=self.attention_implementation,
+            dtype=self.dtype_policy, name=name,
+        )
+
+
+def block_stack(block_class, num_layers, hidden_dim, num_heads, intermediate_dim, prefix,
+                **block_kwargs):
+    """The `num_layers` blocks of a tower or decoder, named `{prefix}_{i}` (the weight
+    paths of the checkpoints)."""
+    return [
+        block_class(hidden_dim, num_heads, intermediate_dim, name=f"{prefix}_{i}", **block_kwargs)
+        for i in range(num_layers)
+    ]
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -44,9 +70,7 @@ class SigLIP2EncoderBlock(SigLIP2BlockBase):
         super().__init__(*args, **kwargs)
         policy, eps = self.dtype_policy, self.layer_norm_epsilon
         self.norm1 = layer_norm("norm1", policy, eps)
-        self.attention = SigLIP2Attention(
-            self.hidden_dim, self.num_heads, dtype=policy, name="attention"
-        )
+        self.attention = self.attention_layer("attention")
         self.norm2 = layer_norm("norm2", policy, eps)
         self.mlp = SigLIP2MLP(self.hidden_dim, self.intermediate_dim, dtype=policy, name="mlp")
 

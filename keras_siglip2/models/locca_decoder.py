@@ -26,7 +26,6 @@ import keras
 from keras import ops
 
 from keras_siglip2.layers import (
-    SigLIP2Attention,
     SigLIP2MLP,
     SigLIP2PositionEmbedding,
     layer_norm,
@@ -34,9 +33,15 @@ from keras_siglip2.layers import (
 )
 from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import dense_kernel_init, embedding_init
-from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON, SigLIP2BlockBase
-from keras_siglip2.models.input_checks import check_token_ids
 from keras_siglip2.checks import check_positive_int
+from keras_siglip2.layers.attention import check_attention_implementation
+from keras_siglip2.layers.transformer import (
+    LAYER_NORM_EPSILON,
+    SigLIP2BlockBase,
+    block_stack,
+)
+from keras_siglip2.models.input_checks import check_token_ids
+from keras_siglip2.models.tower import NORM_AND_ATTENTION_KEYS, STACK_CONFIG_KEYS
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -46,13 +51,11 @@ class SigLIP2LocCaDecoderBlock(SigLIP2BlockBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         policy, eps = self.dtype_policy, self.layer_norm_epsilon
-        width, heads = self.hidden_dim, self.num_heads
+        width = self.hidden_dim
         self.self_attention_norm = layer_norm("self_attention_norm", policy, eps)
-        self.self_attention = SigLIP2Attention(width, heads, dtype=policy, name="self_attention")
+        self.self_attention = self.attention_layer("self_attention")
         self.cross_attention_norm = layer_norm("cross_attention_norm", policy, eps)
-        self.cross_attention = SigLIP2Attention(
-            width, heads, cross_attention=True, dtype=policy, name="cross_attention"
-        )
+        self.cross_attention = self.attention_layer("cross_attention", cross_attention=True)
         self.mlp_norm = layer_norm("mlp_norm", policy, eps)
         self.mlp = SigLIP2MLP(width, self.intermediate_dim, dtype=policy, name="mlp")
 
@@ -90,6 +93,8 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
         image_dim: int. Width of the image tokens; when it differs from `hidden_dim`
             they go through a Dense projection first. Defaults to `hidden_dim`.
         layer_norm_epsilon: float, 1e-6.
+        attention_implementation: "auto" (default), "flash" or "xla"
+            (`layers/attention.py`).
         dtype: dtype policy (e.g. "mixed_bfloat16"); logits come out in its compute
             dtype (`locca_loss` computes in float32).
 
@@ -98,14 +103,8 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
     """
 
     CONFIG_KEYS = (
-        "vocabulary_size",
-        "hidden_dim",
-        "num_layers",
-        "num_heads",
-        "intermediate_dim",
-        "max_sequence_length",
-        "image_dim",
-        "layer_norm_epsilon",
+        "vocabulary_size", *STACK_CONFIG_KEYS, "max_sequence_length", "image_dim",
+        *NORM_AND_ATTENTION_KEYS,
     )
 
     def __init__(
@@ -118,6 +117,7 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
         max_sequence_length=64,
         image_dim=None,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
+        attention_implementation="auto",
         dtype=None,
         **kwargs,
     ):
@@ -133,14 +133,9 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
             ("image_dim", hidden_dim if image_dim is None else image_dim),
         ):
             check_positive_int(name, value)
-        self.vocabulary_size = vocabulary_size
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.max_sequence_length = max_sequence_length
-        self.image_dim = hidden_dim if image_dim is None else image_dim
-        self.layer_norm_epsilon = layer_norm_epsilon
+        image_dim = hidden_dim if image_dim is None else image_dim
+        check_attention_implementation(attention_implementation)
+        self.store_config(locals())
 
         policy = self.dtype_policy
         self.token_embedding = token_embedding(vocabulary_size, hidden_dim, policy)
@@ -155,17 +150,11 @@ class SigLIP2LocCaDecoder(ConfigAttributes, keras.layers.Layer):
                 dtype=policy,
                 name="image_projection",
             )
-        self.blocks = [
-            SigLIP2LocCaDecoderBlock(
-                hidden_dim,
-                num_heads,
-                intermediate_dim,
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=policy,
-                name=f"decoder_block_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        self.blocks = block_stack(
+            SigLIP2LocCaDecoderBlock, num_layers, hidden_dim, num_heads, intermediate_dim,
+            "decoder_block", layer_norm_epsilon=layer_norm_epsilon,
+            attention_implementation=attention_implementation, dtype=policy,
+        )
         self.final_norm = layer_norm("final_norm", policy, layer_norm_epsilon)
         self.logits_dense = keras.layers.Dense(
             vocabulary_size,
@@ -326,6 +315,9 @@ def locca_decoder_for(
         max_sequence_length=max_sequence_length or text_encoder.max_sequence_length + 4,
         image_dim=image_dim,
         layer_norm_epsilon=text_encoder.layer_norm_epsilon,
+        attention_implementation=kwargs.pop(
+            "attention_implementation", text_encoder.attention_implementation
+        ),
         dtype=dtype,
         **kwargs,
     )

@@ -20,7 +20,11 @@ from keras_siglip2.models.input_checks import (
     concrete_value,
     dtype_name,
 )
-from keras_siglip2.models.tower import SigLIP2Tower
+from keras_siglip2.models.tower import (
+    NORM_AND_ATTENTION_KEYS,
+    STACK_CONFIG_KEYS,
+    SigLIP2Tower,
+)
 
 NAFLEX_INPUT_NAMES = ("pixel_patches", "patch_positions", "patch_mask")
 
@@ -142,6 +146,9 @@ class SigLIP2NaFlexVisionEncoder(ConfigAttributes, SigLIP2Tower):
             `SigLIP2NaFlexImageConverter` pads to, the length of exported signatures).
             The model itself accepts any N; under `jit` it compiles once per length.
         layer_norm_epsilon: float, 1e-6.
+        attention_implementation: "auto" (default), "flash" or "xla"
+            (`layers/attention.py`; the padding mask is given to the kernel folded into
+            the keys, `layers.attention.fold_key_mask`).
 
     Inputs (dict):
         pixel_patches: (B, N, patch_size * patch_size * 3) float in [-1, 1], each patch
@@ -159,14 +166,8 @@ class SigLIP2NaFlexVisionEncoder(ConfigAttributes, SigLIP2Tower):
     """
 
     CONFIG_KEYS = (
-        "patch_size",
-        "hidden_dim",
-        "num_layers",
-        "num_heads",
-        "intermediate_dim",
-        "position_grid_size",
-        "max_num_patches",
-        "layer_norm_epsilon",
+        "patch_size", *STACK_CONFIG_KEYS, "position_grid_size", "max_num_patches",
+        *NORM_AND_ATTENTION_KEYS,
     )
 
     def __init__(
@@ -179,6 +180,7 @@ class SigLIP2NaFlexVisionEncoder(ConfigAttributes, SigLIP2Tower):
         position_grid_size=16,
         max_num_patches=256,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
+        attention_implementation="auto",
         dtype=None,
         name="vision_encoder",
         **kwargs,
@@ -195,7 +197,7 @@ class SigLIP2NaFlexVisionEncoder(ConfigAttributes, SigLIP2Tower):
         )
         self._build_encoder(
             hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype,
-            map_head=True,
+            map_head=True, attention_implementation=attention_implementation,
         )
 
         patch_dim = patch_size * patch_size * 3
@@ -219,15 +221,8 @@ class SigLIP2NaFlexVisionEncoder(ConfigAttributes, SigLIP2Tower):
             name=name,
             **kwargs,
         )
-
-        self.patch_size = patch_size
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.position_grid_size = position_grid_size
-        self.max_num_patches = int(max_num_patches)
-        self.layer_norm_epsilon = layer_norm_epsilon
+        max_num_patches = int(max_num_patches)
+        self.store_config(locals())
 
     @property
     def patch_dim(self):

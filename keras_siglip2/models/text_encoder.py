@@ -9,7 +9,11 @@ from keras_siglip2.layers import SigLIP2PositionEmbedding, token_embedding
 from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
 from keras_siglip2.models.input_checks import check_token_ids
-from keras_siglip2.models.tower import SigLIP2Tower
+from keras_siglip2.models.tower import (
+    NORM_AND_ATTENTION_KEYS,
+    STACK_CONFIG_KEYS,
+    SigLIP2Tower,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -25,20 +29,17 @@ class SigLIP2TextEncoder(ConfigAttributes, SigLIP2Tower):
         projection_dim: int. Output width of `head`; defaults to `hidden_dim`. For
             g-opt it is the image width (1536) while the tower is So400m (1152).
         max_sequence_length: int, 64.
+        layer_norm_epsilon: float, 1e-6.
+        attention_implementation: "auto" (default), "flash" or "xla"
+            (`layers/attention.py`).
 
     Input `{"token_ids": (B, L) int32}`, L <= max_sequence_length; output
     (B, projection_dim).
     """
 
     CONFIG_KEYS = (
-        "vocabulary_size",
-        "hidden_dim",
-        "num_layers",
-        "num_heads",
-        "intermediate_dim",
-        "projection_dim",
-        "max_sequence_length",
-        "layer_norm_epsilon",
+        "vocabulary_size", *STACK_CONFIG_KEYS, "projection_dim", "max_sequence_length",
+        *NORM_AND_ATTENTION_KEYS,
     )
 
     def __init__(
@@ -51,6 +52,7 @@ class SigLIP2TextEncoder(ConfigAttributes, SigLIP2Tower):
         projection_dim=None,
         max_sequence_length=64,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
+        attention_implementation="auto",
         dtype=None,
         name="text_encoder",
         **kwargs,
@@ -61,7 +63,8 @@ class SigLIP2TextEncoder(ConfigAttributes, SigLIP2Tower):
             max_sequence_length, hidden_dim, dtype=dtype, name="position_embedding"
         )
         self._build_encoder(
-            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype
+            hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype,
+            attention_implementation=attention_implementation,
         )
         self.head = keras.layers.Dense(
             projection_dim,
@@ -76,15 +79,7 @@ class SigLIP2TextEncoder(ConfigAttributes, SigLIP2Tower):
         super().__init__(
             inputs={"token_ids": token_ids}, outputs=pooled, dtype=dtype, name=name, **kwargs
         )
-
-        self.vocabulary_size = vocabulary_size
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.projection_dim = projection_dim
-        self.max_sequence_length = max_sequence_length
-        self.layer_norm_epsilon = layer_norm_epsilon
+        self.store_config(locals())
 
     def _tokens(self, token_ids):
         return self._run_encoder(self.position_embedding(self.token_embedding(token_ids)))

@@ -3,12 +3,21 @@ encoder blocks followed by the final `encoder_norm` LayerNorm."""
 
 from keras_hub.models import Backbone
 
+from keras_siglip2.layers.attention import check_attention_implementation
+from keras_siglip2.layers.transformer import block_stack
+
 from keras_siglip2.layers import (
     SigLIP2EncoderBlock,
     SigLIP2MAPHead,
     SigLIP2PatchEmbedding,
     layer_norm,
 )
+
+
+# The configuration every transformer stack of the model (both towers, the LocCa
+# decoder) shares; each class lists its own keys around these in its CONFIG_KEYS.
+STACK_CONFIG_KEYS = ("hidden_dim", "num_layers", "num_heads", "intermediate_dim")
+NORM_AND_ATTENTION_KEYS = ("layer_norm_epsilon", "attention_implementation")
 
 
 class SigLIP2Tower(Backbone):
@@ -24,24 +33,22 @@ class SigLIP2Tower(Backbone):
 
 
     def _build_encoder(
-        self, hidden_dim, num_layers, num_heads, intermediate_dim, eps, dtype, map_head=False
+        self, hidden_dim, num_layers, num_heads, intermediate_dim, eps, dtype, map_head=False,
+        attention_implementation="auto",
     ):
-        self.encoder_blocks = [
-            SigLIP2EncoderBlock(
-                hidden_dim,
-                num_heads,
-                intermediate_dim,
-                layer_norm_epsilon=eps,
-                dtype=dtype,
-                name=f"encoder_block_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        check_attention_implementation(attention_implementation)
+        block = dict(
+            layer_norm_epsilon=eps, attention_implementation=attention_implementation,
+            dtype=dtype,
+        )
+        self.encoder_blocks = block_stack(
+            SigLIP2EncoderBlock, num_layers, hidden_dim, num_heads, intermediate_dim,
+            "encoder_block", **block,
+        )
         self.encoder_norm = layer_norm("encoder_norm", dtype, eps)
         if map_head:  # the image towers' pooling
             self.head = SigLIP2MAPHead(
-                hidden_dim, num_heads, intermediate_dim, layer_norm_epsilon=eps, dtype=dtype,
-                name="map_head",
+                hidden_dim, num_heads, intermediate_dim, name="map_head", **block
             )
 
     def _run_encoder(self, x, key_mask=None):

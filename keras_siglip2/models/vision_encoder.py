@@ -11,7 +11,11 @@ from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.position_grid import antialiased_bilinear_matrices
 from keras_siglip2.layers.transformer import LAYER_NORM_EPSILON
 from keras_siglip2.models.input_checks import check_float_images
-from keras_siglip2.models.tower import SigLIP2Tower
+from keras_siglip2.models.tower import (
+    NORM_AND_ATTENTION_KEYS,
+    STACK_CONFIG_KEYS,
+    SigLIP2Tower,
+)
 
 
 def image_size_pair(image_size):
@@ -46,19 +50,13 @@ class SigLIP2VisionEncoder(ConfigAttributes, SigLIP2Tower):
         image_size: int or (height, width). Input resolution; pixels that do not fill
             a whole patch are ignored (So400m/14 at 384 uses 27 x 27 patches).
         layer_norm_epsilon: float, 1e-6.
+        attention_implementation: "auto" (default), "flash" or "xla"
+            (`layers/attention.py`).
 
     Input `{"images": (B, H, W, 3)}` float in [-1, 1]; output (B, hidden_dim).
     """
 
-    CONFIG_KEYS = (
-        "patch_size",
-        "hidden_dim",
-        "num_layers",
-        "num_heads",
-        "intermediate_dim",
-        "image_size",
-        "layer_norm_epsilon",
-    )
+    CONFIG_KEYS = ("patch_size", *STACK_CONFIG_KEYS, "image_size", *NORM_AND_ATTENTION_KEYS)
 
     def __init__(
         self,
@@ -69,6 +67,7 @@ class SigLIP2VisionEncoder(ConfigAttributes, SigLIP2Tower):
         intermediate_dim,
         image_size=224,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
+        attention_implementation="auto",
         dtype=None,
         name="vision_encoder",
         **kwargs,
@@ -88,7 +87,7 @@ class SigLIP2VisionEncoder(ConfigAttributes, SigLIP2Tower):
         )
         self._build_encoder(
             hidden_dim, num_layers, num_heads, intermediate_dim, layer_norm_epsilon, dtype,
-            map_head=True,
+            map_head=True, attention_implementation=attention_implementation,
         )
 
         images = keras.Input(shape=(height, width, 3), name="images")
@@ -97,14 +96,8 @@ class SigLIP2VisionEncoder(ConfigAttributes, SigLIP2Tower):
         super().__init__(
             inputs={"images": images}, outputs=pooled, dtype=dtype, name=name, **kwargs
         )
-
-        self.patch_size = patch_size
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.image_size = (height, width)
-        self.layer_norm_epsilon = layer_norm_epsilon
+        image_size = (height, width)
+        self.store_config(locals())
 
     @property
     def image_shape(self):

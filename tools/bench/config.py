@@ -20,6 +20,7 @@ FULL = {
     "repeats": 9,
     "min_seconds": 0.5,  # each timed sample loops the call until it lasts this long
     "matmul_size": 2048,
+    "profile_calls": 3,  # forwards run under jax.profiler for the "profile" row
     # Batches sized so that `make bench` stays under 15 min on a 2-core machine; the
     # Keras `predict_on_batch` path is timed in the quick config only (it matched the
     # jitted path within 1 % at batch 8 in an earlier full run).
@@ -41,6 +42,20 @@ FULL = {
                  "pipeline_images": 64,
                  "source_size": 256, "pipeline_batches": 4},
     "loss_memory": {"batches": [4096, 16384], "dim": 768, "chunk_size": 1024},
+    # Compiled only (never run): B = 65,536 costs seconds; 65,536 is the peers' figure.
+    "scaling": {"batches": [256, 1024, 4096, 16384, 32768, 65536], "dim": 768,
+                "chunk_size": 1024, "step_batches": [256, 512, 1024, 2048, 4096],
+                "repeats": 5, "lengths": [128, 256, 512, 1024],
+                "naflex_vision": dict(patch_size=16, hidden_dim=768, num_layers=2,
+                                      num_heads=12, intermediate_dim=3072,
+                                      position_grid_size=16),
+                "image_size": 224,
+                "towers": {"Ti": dict(patch_size=16, hidden_dim=192, num_layers=2,
+                                      num_heads=3, intermediate_dim=768),
+                           "S": dict(patch_size=16, hidden_dim=384, num_layers=2,
+                                     num_heads=6, intermediate_dim=1536),
+                           "B": dict(patch_size=16, hidden_dim=768, num_layers=2,
+                                     num_heads=12, intermediate_dim=3072)}},
     # The LocCa decoder's loss at the paper's sizes: Gemma's 256k vocabulary + 1,024
     # location bins, B = 256 captions of 64 tokens, decoder width 768 (B-sized).
     "decoder_loss_memory": {"batch": 256, "length": 64, "width": 768,
@@ -60,6 +75,7 @@ QUICK = {
     "repeats": 2,
     "min_seconds": 0.02,
     "matmul_size": 256,
+    "profile_calls": 2,
     "inference": {"arch": "tiny (width 64, 2 layers, 32 px)", "vision": TINY_VISION,
                   "text": TINY_TEXT, "image_batch": 4, "text_batch": 4,
                   "predict_on_batch": True},
@@ -72,6 +88,16 @@ QUICK = {
                  "local_image_size": 16,
                  "pipeline_images": 8, "source_size": 48, "pipeline_batches": 2},
     "loss_memory": {"batches": [256, 1024], "dim": 64, "chunk_size": 128},
+    "scaling": {"batches": [256, 512, 1024], "dim": 64, "chunk_size": 128,
+                "step_batches": [64, 128, 256], "repeats": 2, "lengths": [16, 32],
+                "naflex_vision": dict(patch_size=8, hidden_dim=64, num_layers=1,
+                                      num_heads=4, intermediate_dim=128,
+                                      position_grid_size=4),
+                "image_size": 32,
+                "towers": {"tiny": dict(patch_size=8, hidden_dim=32, num_layers=1,
+                                        num_heads=2, intermediate_dim=64),
+                           "small": dict(patch_size=8, hidden_dim=64, num_layers=1,
+                                         num_heads=4, intermediate_dim=128)}},
     "decoder_loss_memory": {"batch": 8, "length": 16, "width": 64, "vocabulary": 4096,
                             "chunk": 512},
     "gpu": {"archs": {"tiny": (TINY_VISION, TINY_TEXT)}, "image_batch": 4,

@@ -140,6 +140,10 @@ def markdown(report):
             for n in notes:
                 lines.append(f"- **{name}**: {n}")
         lines.append("")
+    if report.get("plots"):
+        lines += ["## Plots", ""]
+        lines += [f"![{name}]({name})" for name in report["plots"]]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -1,0 +1,250 @@
+"""Row "scaling_loss_memory" (issue 19 item 4, the memory part): how the compiled memory
+of the sigmoid loss + gradients (paper sec. 2.1, SigLIP's pairwise sigmoid loss) grows with
+the global batch B, for the plain (B x B logits), chunked (B x chunk blocks) and ring
+(8 simulated devices, (B/8) x (B/8) blocks per device) forms; fitted exponents (the
+slope of log memory vs log B) and a log-log PNG plot. Compiled, never run, so B up to
+65,536 costs seconds (XLA's memory analysis, as the "loss_memory" row)."""
+
+import math
+
+import numpy as np
+
+from tools.bench.common import entry, progress, require, row, unavailable
+from tools.bench.rows_memory import DISTRIBUTED_DEVICES, _distributed_loss_memory, compiled_memory
+
+# The figures issue 19 quotes for the loss at B = 65,536 on an H100 (not re-measured here).
+PEERS_AT_65536 = {"open_clip SigLipLoss": 33e9, "Triton siglip kernel": 736e6}
+
+
+def fitted_exponent(batches, sizes):
+    """Least-squares slope of log(size) against log(batch): 2 for B^2 memory, 1 for B."""
+    return float(np.polyfit(np.log(batches), np.log(sizes), 1)[0])
+
+
+def _single_device_forms(chunk):
+    sigmoid = require("keras_siglip2.training.losses.sigmoid")
+    return {
+        "plain": sigmoid.sigmoid_loss,
+        f"chunked (chunk {chunk})": lambda i, t, s, b: sigmoid.chunked_sigmoid_loss(
+            i, t, s, b, chunk_size=chunk),
+    }
+
+
+def loss_memory_curves(batches, dim, chunk):
+    """{form: [temporary bytes per batch]} (the ring form per device), compiled only."""
+    import jax
+
+    curves = {}
+    scalar = jax.ShapeDtypeStruct((), np.float32)
+    for name, fn in _single_device_forms(chunk).items():
+        grad = jax.value_and_grad(fn, argnums=(0, 1, 2, 3))
+        curves[name] = []
+        for batch in batches:
+            progress(f"scaling: compiling {name} at batch {batch}")
+            emb = jax.ShapeDtypeStruct((batch, dim), np.float32)
+            curves[name].append(compiled_memory(grad, emb, emb, scalar, scalar)[0])
+    ring = _distributed_loss_memory({"batches": batches, "dim": dim})
+    if isinstance(ring, dict):
+        name = f"ring ({ring['devices']} devices, per device)"
+        curves[name] = [ring["batches"][str(b)][0] for b in batches]
+    return curves, (None if isinstance(ring, dict) else ring)
+
+
+def plot_curves(path, batches, curves, title, ylabel):
+    """A log-log PNG of the curves; returns the path, or None without matplotlib."""
+    try:
+        import matplotlib  # lazy: optional, only for the plots
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # lazy: optional, only for the plots
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, sizes in curves.items():
+        ax.loglog(batches, np.asarray(sizes) / 2 ** 20, "o-",
+                  label=f"{name} (exponent {fitted_exponent(batches, sizes):.2f})")
+    ax.set_xlabel("global batch B (legend: exponent fitted over all B)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+@row("scaling_loss_memory", "Scaling: sigmoid loss memory vs global batch (compiled)")
+def row_scaling_loss_memory(cfg, ctx):
+    spec = cfg["scaling"]
+    batches, dim, chunk = spec["batches"], spec["dim"], spec["chunk_size"]
+    curves, ring_missing = loss_memory_curves(batches, dim, chunk)
+    entries = []
+    tail = max(2, len(batches) // 2)  # the large-B regime, where the leading term shows
+    for name, sizes in curves.items():
+        entries.append(entry(
+            f"{name}: memory exponent over B = {batches[0]:,}..{batches[-1]:,}",
+            fitted_exponent(batches, sizes), "d log(temporaries) / d log(B)",
+            note=f"over the largest {tail} batches "
+                 f"{fitted_exponent(batches[-tail:], sizes[-tail:]):.2f}; temporaries "
+                 f"{sizes[0] / 2 ** 20:,.1f} MiB at B = {batches[0]:,}, "
+                 f"{sizes[-1] / 2 ** 20:,.0f} MiB at B = {batches[-1]:,}"))
+    if ring_missing:
+        entries.append(unavailable("ring form", ring_missing))
+    if 65536 in batches:
+        i = batches.index(65536)
+        for name, sizes in curves.items():
+            for peer, peer_bytes in PEERS_AT_65536.items():
+                entries.append(entry(
+                    f"B = 65,536: {name} vs {peer}", sizes[i] / 2 ** 20, "MiB temporaries",
+                    ratio=peer_bytes / sizes[i], vs=f"{peer} ({peer_bytes / 1e9:g} GB)"))
+    out = ctx.get("out")
+    if out is not None:
+        path = plot_curves(out / "scaling_loss_memory.png", batches, curves,
+                           f"Sigmoid loss + gradients, width {dim}: compiled temporaries",
+                           "MiB (per device for the ring)")
+        if path is not None:
+            ctx.setdefault("plots", []).append(path.name)
+    ctx["notes"].setdefault("scaling_loss_memory", []).append(
+        f"Embedding width {dim}, float32, jax.value_and_grad of the loss w.r.t. both "
+        "embeddings, the temperature and the bias; XLA's compiled memory analysis "
+        "(temporary buffers), never executed. The ring form runs on "
+        f"{DISTRIBUTED_DEVICES} simulated CPU devices; its figure is per device. Peers' "
+        "figures at B = 65,536 are the ones issue 19 quotes for an H100 (open_clip's "
+        "SigLipLoss materializes the B x B logits; the Triton kernel streams them); their "
+        "embedding width and dtype are not stated there, so the ratio is indicative. "
+        f"Plot: scaling_loss_memory.png (exponents in the legend; {math.log2(batches[-1] / batches[0]):.0f} doublings of B).")
+    return entries
+
+
+# ------------------------------------------------------------- compute scaling curves
+
+
+def _loss_step_contenders(batches, dim, chunk):
+    """{(form, B): run()} for loss + gradients of the single-device forms (executed)."""
+    import jax
+
+    rng = np.random.RandomState(0)
+    runs = {}
+    for name, fn in _single_device_forms(chunk).items():
+        grad = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3)))
+        for batch in batches:
+            args = (jax.numpy.asarray(rng.normal(size=(batch, dim)), "float32"),
+                    jax.numpy.asarray(rng.normal(size=(batch, dim)), "float32"),
+                    jax.numpy.float32(2.3), jax.numpy.float32(-10.0))
+            compiled = grad.lower(*args).compile()
+            runs[(name, batch)] = (lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
+    return runs
+
+
+def _naflex_contenders(spec):
+    """{("NaFlex forward", N): run()} of a reduced-depth NaFlex tower per length N."""
+    import keras
+
+    from keras_siglip2.models import SigLIP2NaFlexVisionEncoder
+    from tools.bench.common import jax_compiled_forward
+    from tools.bench.rows_naflex import naflex_layout
+
+    v = spec["naflex_vision"]
+    keras.utils.set_random_seed(0)
+    encoder = SigLIP2NaFlexVisionEncoder(**v, max_num_patches=max(spec["lengths"]))
+    rng = np.random.RandomState(0)
+    runs = {}
+    for length in spec["lengths"]:
+        _, positions, mask = naflex_layout(1, length, v["patch_size"], rng)
+        patches = rng.uniform(-1, 1, (1, length, v["patch_size"] ** 2 * 3)).astype("float32")
+        runs[("NaFlex forward", length)] = jax_compiled_forward(
+            encoder, {"pixel_patches": patches, "patch_positions": positions,
+                      "patch_mask": mask})[0]
+    return runs
+
+
+def _tower_contenders(spec):
+    """{("image forward", width): run()} of reduced-depth towers of each size."""
+    import keras
+
+    from keras_siglip2.models import SigLIP2VisionEncoder
+    from tools.bench.common import jax_compiled_forward
+
+    images = np.random.RandomState(0).uniform(
+        -1, 1, (1, spec["image_size"], spec["image_size"], 3)).astype("float32")
+    runs = {}
+    for arch, size in spec["towers"].items():
+        keras.utils.set_random_seed(0)
+        tower = SigLIP2VisionEncoder(image_size=spec["image_size"], **size)
+        runs[("image forward", size["hidden_dim"])] = jax_compiled_forward(
+            tower, {"images": images})[0]
+    return runs
+
+
+def _curve_entries(curves, what, unit):
+    entries = []
+    for name, points in curves.items():
+        xs = [x for x, _ in points]
+        ts = [t for _, t in points]
+        entries.append(entry(
+            f"{name}: time exponent over {what} = {xs[0]:,}..{xs[-1]:,}",
+            fitted_exponent(xs, ts), f"d log(time) / d log({unit})",
+            note=", ".join(f"{x:,}: {t * 1e3:.3g} ms" for x, t in points)))
+    return entries
+
+
+@row("scaling_compute", "Scaling: step / forward time vs batch, NaFlex length, tower size")
+def row_scaling_compute(cfg, ctx):
+    from tools.bench.common import alternate
+
+    spec = cfg["scaling"]
+    sections = [
+        ("B", "B", _loss_step_contenders(spec["step_batches"], spec["dim"],
+                                         spec["chunk_size"])),
+        ("N", "N", _naflex_contenders(spec)),
+        ("width", "width", _tower_contenders(spec)),
+    ]
+    entries, plots = [], {}
+    for what, unit, runs in sections:
+        progress(f"scaling: timing {len(runs)} contenders (vs {what})")
+        timing = alternate({f"{k[0]} @ {k[1]}": fn for k, fn in runs.items()},
+                           spec["repeats"], cfg["min_seconds"])
+        curves = {}
+        for name, x in runs:
+            curves.setdefault(name, []).append((x, timing["median_s"][f"{name} @ {x}"]))
+        entries += _curve_entries(curves, what, unit)
+        plots[what] = curves
+    out = ctx.get("out")
+    if out is not None and _plot_compute(out / "scaling_compute.png", plots) is not None:
+        ctx.setdefault("plots", []).append("scaling_compute.png")
+    ctx["notes"].setdefault("scaling_compute", []).append(
+        f"Executed, timed in alternation ({spec['repeats']} rounds, medians). Loss step: "
+        f"jax.value_and_grad of the sigmoid loss, width {spec['dim']}, one device (the "
+        "ring form's time needs real devices: its memory is in scaling_loss_memory). "
+        f"NaFlex: {spec['naflex_vision']}, batch 1, random aspect ratios. Towers: "
+        + ", ".join(f"{a} width {s['hidden_dim']}" for a, s in spec["towers"].items())
+        + f" at depth {next(iter(spec['towers'].values()))['num_layers']}, "
+        f"{spec['image_size']} px, batch 1. Exponents: least-squares slope in log-log.")
+    return entries
+
+
+def _plot_compute(path, plots):
+    try:
+        import matplotlib  # lazy: optional, only for the plots
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # lazy: optional, only for the plots
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(plots), figsize=(5 * len(plots), 4))
+    for ax, (what, curves) in zip(np.atleast_1d(axes), plots.items()):
+        for name, points in curves.items():
+            xs, ts = zip(*points)
+            ax.loglog(xs, np.asarray(ts) * 1e3, "o-",
+                      label=f"{name} (exponent {fitted_exponent(xs, ts):.2f})")
+        ax.set_xlabel(what)
+        ax.set_ylabel("ms")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
