@@ -43,12 +43,20 @@ def cmd_train(args):
         with TaskOutput():
             summary = train(**train_kwargs(args), verbose=False)
         keys = ("steps", "start_step", "losses", "final_losses", "final_loss", "preset_path",
-                "summary_path", "out_dir", "locca_tasks", "curation")
+                "summary_path", "out_dir", "locca_tasks", "curation", "balancing")
         print(json.dumps({k: summary[k] for k in keys}))
     else:
         with warning_lines():  # e.g. the one LocCa warning for data without boxes
             train(**train_kwargs(args), verbose=True)
     return 0
+
+
+def names(text):
+    """argparse `type=`: "a,b" -> ["a", "b"] (no empty name)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return parts
 
 
 def sequence_lengths(text):
@@ -70,7 +78,8 @@ def train_kwargs(args):
         checkpoint_every=args.checkpoint_every, data_format=args.format,
         default_language=args.default_language, curate_with=args.curate_with,
         curation_ratio=args.curation_ratio, naflex_from=args.naflex_from,
-        naflex_lengths=args.naflex_lengths,
+        naflex_lengths=args.naflex_lengths, balance_attributes=args.balance_attributes,
+        balance_proxies=args.balance_proxies,
     )
 
 
@@ -128,6 +137,13 @@ def add_train_parser(sub):
     p.add_argument("--naflex-lengths", type=sequence_lengths, default=None,
                    metavar="N,N,...", help="sequence lengths of the NaFlex stage (default "
                    "128,256,576,784,1024; needs --naflex-from)")
+    p.add_argument("--balance-attributes", type=names, default=None, metavar="A,B,...",
+                   help="M4 data balancing (paper sec. 2.5): the sensitive attributes "
+                   "annotated in the records' 'attributes' column (needs "
+                   "--balance-proxies)")
+    p.add_argument("--balance-proxies", type=names, default=None, metavar="P,Q,...",
+                   help="M4 data balancing: the proxy concepts annotated in the records' "
+                   "'proxies' column (needs --balance-attributes)")
     p.add_argument("--json", action="store_true",
                    help="no progress output; print the summary as JSON")
     p.set_defaults(func=cmd_train)

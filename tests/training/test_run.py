@@ -242,6 +242,10 @@ def test_resumed_run_matches_an_uninterrupted_one(setup, tmp_path):
         (dict(naflex_from=0), ValueError, "naflex_from"),
         (dict(naflex_lengths=[128]), ValueError, "needs `naflex_from`"),
         (dict(naflex_from=0.9, naflex_lengths=[128, 0]), ValueError, "naflex_lengths"),
+        (dict(balance_attributes=["woman"]), ValueError, "balance_proxies"),
+        (dict(balance_proxies=["doctor"]), ValueError, "balance_attributes"),
+        (dict(balance_attributes=[], balance_proxies=["doctor"]), ValueError,
+         "balance_attributes"),
     ],
 )
 def test_bad_arguments_fail_before_work(setup, tmp_path, kwargs, error, words):
@@ -318,11 +322,13 @@ def test_train_config_round_trips_and_excludes_keyword_arguments(tmp_path):
     config = TrainConfig(preset="p", data=["a.csv", "b.csv"], steps=7, batch_size=8,
                          mesh="batch=2", decoder=False, learning_rate=1e-4, seed=3,
                          naflex_sequence_lengths=(128, 256), curate_with="ref",
-                         curation_ratio=0.25, naflex_from=0.9, naflex_lengths=[256])
+                         curation_ratio=0.25, naflex_from=0.9, naflex_lengths=[256],
+                         balance_attributes=("woman", "man"), balance_proxies=["doctor"])
     as_dict = config.get_config()
     assert json.loads(json.dumps(as_dict)) == as_dict  # plain JSON values
     assert as_dict["steps"] == 7 and as_dict["data"] == ["a.csv", "b.csv"]
     assert as_dict["naflex_sequence_lengths"] == [128, 256]
+    assert as_dict["balance_attributes"] == ["woman", "man"]
     assert config.to_dict() == as_dict
     again = TrainConfig.from_config(as_dict)
     assert again.get_config() == as_dict
@@ -380,14 +386,22 @@ def test_cli_train_curation_and_naflex_flags():
          "--curation-ratio", "0.25", "--naflex-from", "0.9", "--naflex-lengths",
          "128,256"])
     kwargs = cli.train_kwargs(args)
+    assert (kwargs["balance_attributes"], kwargs["balance_proxies"]) == (None, None)
     assert (kwargs["curate_with"], kwargs["curation_ratio"]) == ("ref", 0.25)
     assert (kwargs["naflex_from"], kwargs["naflex_lengths"]) == (0.9, [128, 256])
     args = cli.build_parser().parse_args(["train", "--preset", "p", "--data", "d.csv"])
     assert [cli.train_kwargs(args)[k] for k in (
         "curate_with", "curation_ratio", "naflex_from", "naflex_lengths")] == [None] * 4
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["train", "--preset", "p", "--data", "d.csv",
-                                       "--naflex-lengths", "128,x"])
+    args = cli.build_parser().parse_args(
+        ["train", "--preset", "p", "--data", "d.csv", "--balance-attributes", "woman,man",
+         "--balance-proxies", "doctor"])
+    kwargs = cli.train_kwargs(args)
+    assert kwargs["balance_attributes"] == ["woman", "man"]
+    assert kwargs["balance_proxies"] == ["doctor"]
+    for bad in (["--naflex-lengths", "128,x"], ["--balance-proxies", "a,,b"]):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["train", "--preset", "p", "--data", "d.csv",
+                                           *bad])
 
 
 class _Info:
@@ -441,3 +455,20 @@ def test_cli_prints_a_warning_as_one_line(capsys):
         warnings.warn("LocCa trains captioning only: no boxes.", LoccaTasksWarning)
     err = capsys.readouterr().err
     assert err == "siglip2: warning: LocCa trains captioning only: no boxes.\n"
+
+
+def test_balancing_statistics_reach_the_summary_as_plain_values():
+    from keras_siglip2.training.recipes.config import TrainConfig
+    from keras_siglip2.training.recipes.stages import balancing_options, balancing_statistics
+
+    class Info:
+        def balancing_statistics(self):
+            return {"target": np.array([0.5, 0.5]), "achieved": {"kept": np.float32(0.75)}}
+
+    class Data:
+        info = Info()
+
+    assert balancing_statistics(Data()) == {"target": [0.5, 0.5], "achieved": {"kept": 0.75}}
+    assert json.dumps(balancing_statistics(Data()))
+    assert balancing_statistics(object()) is None
+    assert balancing_options(TrainConfig()) == {}

@@ -62,6 +62,11 @@ class TrainConfig:
             variants: from 90 %, sec. 2.4.2), by `training.naflex_switch.NaFlexSwitch`.
         naflex_lengths: the sequence lengths the NaFlex stage draws per batch; None =
             the paper's (128, 256, 576, 784, 1024). Only with `naflex_from`.
+        balance_attributes, balance_proxies: None, or the names of the sensitive
+            attributes and of the proxy concepts of M4 data balancing (paper sec. 2.5,
+            Alabdulmohsin et al. 2024), read from the records' "attributes" / "proxies"
+            annotations by `training.data.balancing.MomentMatchingBalancer` (fitted on
+            the data); both or neither.
     """
 
     preset: str = None
@@ -83,12 +88,15 @@ class TrainConfig:
     curation_ratio: float = None
     naflex_from: float = None
     naflex_lengths: tuple = None
+    balance_attributes: tuple = None
+    balance_proxies: tuple = None
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
         """A JSON-serializable dict of every field (`from_config` reads it back)."""
         config = dataclasses.asdict(self)
-        for name in ("data", "naflex_sequence_lengths", "naflex_lengths", "curate_with"):
+        for name in ("data", "naflex_sequence_lengths", "naflex_lengths", "curate_with",
+                     "balance_attributes", "balance_proxies"):
             value = config[name]
             if isinstance(value, (list, tuple)):
                 config[name] = [os.fspath(v) if isinstance(v, os.PathLike) else v
@@ -143,6 +151,7 @@ class TrainConfig:
         check_sequence_lengths("naflex_sequence_lengths", self.naflex_sequence_lengths)
         self.check_curation()
         self.check_naflex_stage()
+        self.check_balancing()
         if self.out_dir is None or not str(self.out_dir).strip():
             raise ValueError(f"`out_dir` must be a folder path; got out_dir={self.out_dir!r}.")
         if os.path.isdir(preset_path) and not os.path.isfile(
@@ -184,6 +193,20 @@ class TrainConfig:
         check_number("naflex_from", self.naflex_from, 0.0, 1.0, low_open=True,
                      high_open=True)
         check_sequence_lengths("naflex_lengths", self.naflex_lengths)
+
+    def check_balancing(self):
+        """`balance_attributes` and `balance_proxies`: both None, or both non-empty
+        lists of names."""
+        given = {n: getattr(self, n) for n in ("balance_attributes", "balance_proxies")}
+        if all(v is None for v in given.values()):
+            return
+        for name, value in given.items():
+            names = list(value) if isinstance(value, (list, tuple)) else []
+            if not names or not all(isinstance(n, str) and n.strip() for n in names):
+                raise ValueError(
+                    f"`{name}` must be a non-empty list of names (M4 balancing needs "
+                    f"both balance_attributes and balance_proxies); got {name}={value!r}."
+                )
 
     @property
     def keep_ratio(self):

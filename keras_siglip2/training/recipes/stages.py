@@ -3,6 +3,7 @@ reports about them: ACID curation against a reference preset (`ActiveCurator`), 
 NaFlex stage (`NaFlexSwitch`), the LocCa tasks the data allows (one warning when it has
 no region boxes), and the progress lines that name them."""
 
+import inspect
 import os
 import warnings
 
@@ -13,7 +14,8 @@ from keras_siglip2.models import SigLIP2Backbone
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 from keras_siglip2.presets import resolve_preset
 from keras_siglip2.training.curation import ActiveCurator
-from keras_siglip2.training.data.pipeline import NAFLEX_SEQUENCE_LENGTHS
+from keras_siglip2.training.data.balancing import MomentMatchingBalancer
+from keras_siglip2.training.data.pipeline import NAFLEX_SEQUENCE_LENGTHS, image_text_dataset
 from keras_siglip2.training.pretrainer import CURATION_METRICS
 
 
@@ -74,6 +76,40 @@ def _naflex_switch(config):
     lengths = tuple(config.naflex_lengths or NAFLEX_SEQUENCE_LENGTHS)
     return NaFlexSwitch(config.naflex_from, sequence_lengths=lengths,
                         total_steps=config.steps)
+
+
+def balancing_options(config):
+    """`image_text_dataset` keyword arguments of M4 balancing: {"balancing": a
+    `MomentMatchingBalancer` over the configured attributes and proxies} or {}."""
+    if config.balance_attributes is None:
+        return {}
+    if "balancing" not in inspect.signature(image_text_dataset).parameters:
+        raise NotImplementedError(
+            "`balance_attributes` needs the data pipeline's `balancing=` stage "
+            "(training.data, issue 17 item 8), which this installation lacks."
+        )
+    return {"balancing": MomentMatchingBalancer(list(config.balance_attributes),
+                                                list(config.balance_proxies))}
+
+
+def balancing_statistics(dataset):
+    """The M4 target and achieved statistics the data pipeline reports
+    (`dataset.info.balancing_statistics()`), or None."""
+    method = getattr(getattr(dataset, "info", None), "balancing_statistics", None)
+    return _plain(method()) if callable(method) else None
+
+
+def _plain(value):
+    """JSON-able copy of nested dicts / lists / numpy arrays and scalars."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 class LoccaTasksWarning(UserWarning):

@@ -90,6 +90,8 @@ from keras_siglip2.training.recipes.stages import (  # noqa: F401 (part of this 
     _make_curator,
     _naflex_switch,
     _start_line,
+    balancing_options,
+    balancing_statistics,
     teacher_losses,
 )
 
@@ -291,6 +293,7 @@ def _make_dataset(config, run):
         format=config.data_format,
         default_language=config.default_language,
         **run.data_kwargs,
+        **balancing_options(config),
     )
 
 
@@ -349,6 +352,7 @@ def _summary(config, run):
     summary["locca_tasks"] = (None if run.pretrainer.decoder is None
                               else _locca_tasks(run.dataset))
     summary["curation"] = _curation_summary(config, run)
+    summary["balancing"] = balancing_statistics(run.dataset)
     summary["naflex_stage"] = (None if config.naflex_from is None else {
         "from": config.naflex_from,
         "lengths": list(config.naflex_lengths or NAFLEX_SEQUENCE_LENGTHS)})
@@ -397,6 +401,8 @@ def train(
     curation_ratio=None,
     naflex_from=None,
     naflex_lengths=None,
+    balance_attributes=None,
+    balance_proxies=None,
 ):
     """Trains a preset on image-text data with the SigLIP 2 recipe and saves it.
 
@@ -406,7 +412,7 @@ def train(
             batch size, output folder, mesh, the losses, learning rate, seed,
             checkpoint interval, data format and language, NaFlex sequence lengths,
             ACID curation (reference preset, kept fraction), the NaFlex stage (start
-            fraction, sequence lengths).
+            fraction, sequence lengths), M4 balancing (attribute and proxy names).
         callbacks: extra `keras.callbacks.Callback`s for `fit`.
         verbose: progress bar and messages.
         config: a `TrainConfig` (or its `get_config()` dict, e.g.
