@@ -31,8 +31,8 @@ def teacher_losses(vision_encoder, self_distillation, masked_prediction):
     None = on for a fixed-resolution tower, off for NaFlex; True for NaFlex is an
     error ending with `NAFLEX_TEACHER_HINT`."""
     try:
-        # lazy: the rule's home (pretrainer/recipe.py, issue 18) lands with the
-        # pretrainer package split; move to the top once merged
+        # The rule's home (pretrainer/recipe.py) lands with the pretrainer package split.
+        # lazy: present only once that split is merged; then move this to the top
         from keras_siglip2.training.pretrainer import resolve_teacher_losses
     except ImportError:  # the single-module pretrainer: the same rule, stated here
         fixed = isinstance(vision_encoder, SigLIP2VisionEncoder)
