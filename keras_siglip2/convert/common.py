@@ -11,6 +11,7 @@ import tempfile
 import numpy as np
 
 from keras_siglip2.models.factory import build_backbone
+from keras_siglip2.preprocessing import SigLIP2Preprocessor
 from keras_siglip2.models.preset_files import (  # noqa: F401 (part of this module's API)
     PRESET_WEIGHT_FILES,
     CheckpointError,
@@ -114,8 +115,6 @@ def save_preset(backbone, out_dir, tokenizer=None, image_converter=None, overwri
         if image_converter is not None:
             image_converter.save_to_preset(tmp)
         if tokenizer is not None and image_converter is not None:
-            from keras_siglip2.preprocessing import SigLIP2Preprocessor
-
             SigLIP2Preprocessor(
                 tokenizer=tokenizer, image_converter=image_converter
             ).save_to_preset(tmp)

@@ -5,6 +5,7 @@ is SigLIP 2's two towers (paper sec. 2)."""
 
 import os
 
+import keras_hub
 import numpy as np
 
 from keras_siglip2.convert.common import (
@@ -65,8 +66,6 @@ _HANDLE_SCHEMES = ("kaggle://", "hf://", "gs://", "modelscope://")
 def _load_keras_hub_preset(preset):
     """keras-hub's `SigLIPBackbone.from_preset`, with clear errors for a local
     directory that is missing, has no weights file, or has a truncated / corrupt one."""
-    import keras_hub
-
     cls = keras_hub.models.SigLIPBackbone
     local = not preset.startswith(_HANDLE_SCHEMES) and preset not in cls.presets
     if local:
@@ -81,26 +80,8 @@ def _load_keras_hub_preset(preset):
         return cls.from_preset(preset)
 
 
-def from_keras_hub(backbone_or_preset, dtype=None):
-    """A `SigLIP2Backbone` from a keras-hub `SigLIPBackbone` object or preset
-    (e.g. "siglip2_base_patch16_224" from keras-hub's own registry, a `kaggle://`
-    handle or a local keras-hub preset directory)."""
-    import keras_hub
-
-    source = backbone_or_preset
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if isinstance(source, str):
-        source = _load_keras_hub_preset(source)
-    if not isinstance(source, keras_hub.models.SigLIPBackbone):
-        raise CheckpointError(
-            f"Expected a keras_hub SigLIPBackbone or its preset; got {type(source).__name__}."
-        )
-    v, t = source.vision_encoder, source.text_encoder
-    if t.embedding_dim != t.hidden_dim:
-        raise CheckpointError(
-            f"Text embedding_dim {t.embedding_dim} != hidden_dim {t.hidden_dim}: not a SigLIP 2 text tower."
-        )
+def _tower_configs(v, t):
+    """Our (vision, text) tower configs of keras-hub's SigLIP vision / text encoders."""
     height, width = v.image_shape[0], v.image_shape[1]
     vision = {
         "type": "fixed",
@@ -122,6 +103,28 @@ def from_keras_hub(backbone_or_preset, dtype=None):
         "max_sequence_length": t.max_sequence_length,
         "layer_norm_epsilon": t.layer_norm_epsilon,
     }
+    return vision, text
+
+
+def from_keras_hub(backbone_or_preset, dtype=None):
+    """A `SigLIP2Backbone` from a keras-hub `SigLIPBackbone` object or preset
+    (e.g. "siglip2_base_patch16_224" from keras-hub's own registry, a `kaggle://`
+    handle or a local keras-hub preset directory)."""
+    source = backbone_or_preset
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str):
+        source = _load_keras_hub_preset(source)
+    if not isinstance(source, keras_hub.models.SigLIPBackbone):
+        raise CheckpointError(
+            f"Expected a keras_hub SigLIPBackbone or its preset; got {type(source).__name__}."
+        )
+    v, t = source.vision_encoder, source.text_encoder
+    if t.embedding_dim != t.hidden_dim:
+        raise CheckpointError(
+            f"Text embedding_dim {t.embedding_dim} != hidden_dim {t.hidden_dim}: not a SigLIP 2 text tower."
+        )
+    vision, text = _tower_configs(v, t)
     vs, ts = _named_arrays(v), _named_arrays(t)
     try:
         stem = vs["embedding/patch_embedding/kernel"]

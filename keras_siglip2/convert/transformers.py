@@ -29,7 +29,7 @@ def _read_state_dict(directory):
     torch_bin = os.path.join(directory, "pytorch_model.bin")
     try:
         if os.path.exists(single) or os.path.exists(index):
-            from safetensors.numpy import load_file
+            from safetensors.numpy import load_file  # lazy: only for .safetensors files
 
             if os.path.exists(index):
                 with open(index) as f:
@@ -44,7 +44,7 @@ def _read_state_dict(directory):
                 state.update(load_file(path))
             return state
         if os.path.exists(torch_bin):
-            import torch
+            import torch  # lazy: optional heavy dependency
 
             loaded = torch.load(torch_bin, map_location="cpu", weights_only=True)
             return {k: v.float().numpy() for k, v in loaded.items()}

@@ -1,11 +1,12 @@
 """What users do with SigLIP 2 (paper sec. 3): zero-shot classification with prompt
 ensembling, image-text retrieval with recall@k evaluation, dense patch features with a
-linear probe, plots, and the image loading they share."""
+linear probe. Layer 3 (over models and preprocessing); the image loading and the plots
+they use live in `keras_siglip2.media` (re-exported here as before)."""
 
 from keras_siglip2.tasks.dense_features import LinearProbe, patch_features
 from keras_siglip2.tasks.embedding import SigLIP2Embedder
-from keras_siglip2.tasks.images import load_image, load_images
-from keras_siglip2.tasks.plots import (
+from keras_siglip2.media.images import load_image, load_images
+from keras_siglip2.media.plots import (
     patch_similarity_overlay,
     plot_classification,
     plot_retrieval_grid,

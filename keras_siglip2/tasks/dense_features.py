@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from keras_siglip2.tasks.embedding import convert_images
-from keras_siglip2.tasks.images import as_image_list, check_files_exist, read_images
+from keras_siglip2.media.images import as_image_list, check_files_exist, read_images
 from keras_siglip2.checks import check_positive_int
 
 

@@ -20,7 +20,7 @@ except ImportError:  # The eager preprocessing path works without TensorFlow.
 
 from keras_siglip2.console import progress_bar
 from keras_siglip2.layers.logit_head import l2_normalize
-from keras_siglip2.tasks.images import as_image_list, check_files_exist, describe, read_images
+from keras_siglip2.media.images import as_image_list, check_files_exist, describe, read_images
 from keras_siglip2.checks import check_positive_int
 
 # What `SigLIP2Embedder.embed_images` returns: the normalized embeddings (N, D) of the

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from keras_siglip2.tasks.embedding import SigLIP2Embedder, check_texts, sigmoid
-from keras_siglip2.tasks.images import as_image_list, describe
+from keras_siglip2.media.images import as_image_list, describe
 from keras_siglip2.checks import check_positive_int
 
 INDEX_FORMAT = "keras_siglip2.retrieval.v1"

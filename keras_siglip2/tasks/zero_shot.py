@@ -194,7 +194,7 @@ class SigLIP2ZeroShotClassifier:
 
     def embed_images(self, images):
         """Normalized image embeddings (N, D). Unreadable files raise ValueError (use
-        `tasks.images.load_images` first to skip them)."""
+        `media.images.load_images` first to skip them)."""
         return self.embedder.embed_images(
             images, verbose=self.verbose, skip_unreadable=False
         ).embeddings

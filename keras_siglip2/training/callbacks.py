@@ -26,9 +26,10 @@ its images are rendered at the target size and downscaled in the step before 95 
 import math
 
 import keras
-import numpy as np
 
+from keras_siglip2 import checks
 from keras_siglip2.distribution import to_numpy
+from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder, image_size_pair
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,14 +37,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_fraction(name, value):
-    """A curriculum fraction must lie in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0 < value <= 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a fraction of training in (0, 1]; got {value!r}."
-        )
-    return float(value)
+    """A curriculum fraction must lie in (0, 1] (`keras_siglip2.checks`)."""
+    return checks.check_fraction(name, value, low_open=True)
 
 
 def check_curriculum(self_distillation_start, resolution_start):
@@ -64,14 +59,6 @@ def switch_step(fraction, total_steps):
     return int(math.floor(fraction * total_steps + 1e-9))
 
 
-def _positive_int_or_none(name, value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int or None; got {value!r}.")
-    return int(value)
-
-
 class _ProgressCallback(keras.callbacks.Callback):
     """Tracks the global optimizer step during `fit`."""
 
@@ -80,7 +67,7 @@ class _ProgressCallback(keras.callbacks.Callback):
     def __init__(self, start, total_steps=None, start_name="start"):
         super().__init__()
         self.start = check_fraction(start_name, start)
-        self.total_steps = _positive_int_or_none("total_steps", total_steps)
+        self.total_steps = checks.check_positive_int("total_steps", total_steps, allow_none=True)
         self._step = None
         self._begin = 0
 
@@ -185,18 +172,15 @@ class ResolutionAdaptation(_ProgressCallback):
         super().__init__(start, total_steps, "start")
         if target_image_size is None:
             raise ValueError("ResolutionAdaptation needs `target_image_size`.")
-        from keras_siglip2.models.vision_encoder import image_size_pair
-
         self.target_image_size = image_size_pair(target_image_size)
         if min(self.target_image_size) < 1:
             raise ValueError(f"`target_image_size` must be positive; got {target_image_size!r}.")
-        self.target_patch_size = _positive_int_or_none("target_patch_size", target_patch_size)
+        self.target_patch_size = checks.check_positive_int("target_patch_size", target_patch_size,
+                                                          allow_none=True)
         self.switched_at = None
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
-
         backbone = getattr(self.model, "backbone", None)
         if not isinstance(getattr(backbone, "vision_encoder", None), SigLIP2VisionEncoder):
             raise ValueError(

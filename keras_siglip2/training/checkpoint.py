@@ -29,6 +29,7 @@ import time
 
 import keras
 
+from keras_siglip2.distribution import to_numpy
 _STATE = "state"
 _META = "meta"
 
@@ -91,7 +92,7 @@ class Checkpoints:
 
     def __init__(self, directory, max_to_keep=2):
         _require_jax()
-        import orbax.checkpoint as ocp
+        import orbax.checkpoint as ocp  # lazy: JAX backend only (orbax stores jax.Arrays)
 
         self.directory = os.path.abspath(directory) if "://" not in str(directory) else str(
             directory)
@@ -115,8 +116,6 @@ class Checkpoints:
     def save(self, model, step=None):
         """Writes the model's train state as checkpoint `step` (default: the optimizer
         step); returns the step."""
-        from keras_siglip2.distribution import to_numpy
-
         _sync(model)
         if step is None:
             step = int(to_numpy(model.optimizer.iterations))
@@ -138,7 +137,7 @@ class Checkpoints:
         """Loads checkpoint `step` (default: the newest complete one) into the built
         model (variables keep their layouts); returns its step, or 0 when there is
         none."""
-        import jax
+        import jax  # lazy: JAX backend only
 
         step = self.latest_step() if step is None else step
         if step is None:
@@ -173,7 +172,7 @@ class Checkpoints:
 
     def delete_all(self):
         """Removes the checkpoint folder (call on one process, after `close`)."""
-        from etils import epath
+        from etils import epath  # lazy: JAX backend only (orbax's path library)
 
         path = epath.Path(self.directory)
         if path.exists():
@@ -200,8 +199,6 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_times = []
 
     def on_epoch_end(self, epoch, logs=None):
-        from keras_siglip2.distribution import to_numpy
-
         _sync(self.model)
         step = int(to_numpy(self.model.optimizer.iterations))
         if self.total_steps is not None and step >= self.total_steps:

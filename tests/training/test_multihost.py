@@ -165,6 +165,31 @@ def test_mismatched_commands_fail_at_start_up(setup, tmp_path):
     assert not (tmp_path / "run" / "preset").exists()
 
 
+@pytest.mark.parametrize("differ", ["mesh", "data"])
+def test_mismatched_mesh_or_data_fail_at_start_up(setup, tmp_path, differ):
+    """Process 1 started with another --mesh (batch=4,model=2 instead of batch=8), or
+    with --data naming a CSV of other records (the same file name in another folder):
+    both fail within the timeout with an error naming the argument, not a hang."""
+    first = _command(setup, tmp_path / "run", "batch=8", *SIGMOID_ONLY)
+    if differ == "mesh":
+        second = _command(setup, tmp_path / "run", "batch=4,model=2", *SIGMOID_ONLY)
+    else:
+        from keras_siglip2.training.data.sources import write_csv
+
+        rows = [(np.full((20, 24, 3), 5 + 20 * i, np.uint8), f"a photo of a dog {i}")
+                for i in range(13)]
+        other = write_csv(str(tmp_path / "other" / "captions.csv"), rows)
+        second = M.train_command(setup[0], other, tmp_path / "run", 4, 8, "batch=8",
+                                 *SIGMOID_ONLY)
+    t0 = time.time()
+    results = M.run([first, second], 4, 180, env=_env(setup))
+    for code, output in results:
+        assert code not in (0, None), output[-2000:]
+        assert f"started with different arguments: {differ} differ" in output, output[-2000:]
+    assert time.time() - t0 < 180
+    assert not (tmp_path / "run" / "preset").exists()
+
+
 def test_unreachable_coordinator_fails_within_the_timeout(setup, tmp_path):
     """Process 1 of 2 whose coordinator never starts: fails after the 5 s
     SIGLIP2_DISTRIBUTED_INIT_TIMEOUT, naming the address."""

@@ -234,6 +234,18 @@ def test_resumed_run_matches_an_uninterrupted_one(setup, tmp_path):
         (dict(mesh="batch=two"), ValueError, "positive integer"),
         (dict(mesh="batch=4", batch_size=6), ValueError, "divisible"),
         (dict(learning_rate=-1.0), ValueError, "learning_rate"),
+        (dict(curation_ratio=0.5), ValueError, "needs `curate_with`"),
+        (dict(curate_with="siglip2_bsae_patch16_224"), ValueError, "Unknown preset"),
+        (dict(curate_with="PRESET", curation_ratio=0.0), ValueError, "curation_ratio"),
+        (dict(curate_with="PRESET", curation_ratio=1.5), ValueError, "curation_ratio"),
+        (dict(naflex_from=1.0), ValueError, r"naflex_from.*\(0, 1\)"),
+        (dict(naflex_from=0), ValueError, "naflex_from"),
+        (dict(naflex_lengths=[128]), ValueError, "needs `naflex_from`"),
+        (dict(naflex_from=0.9, naflex_lengths=[128, 0]), ValueError, "naflex_lengths"),
+        (dict(balance_attributes=["woman"]), ValueError, "balance_proxies"),
+        (dict(balance_proxies=["doctor"]), ValueError, "balance_attributes"),
+        (dict(balance_attributes=[], balance_proxies=["doctor"]), ValueError,
+         "balance_attributes"),
     ],
 )
 def test_bad_arguments_fail_before_work(setup, tmp_path, kwargs, error, words):
@@ -242,6 +254,8 @@ def test_bad_arguments_fail_before_work(setup, tmp_path, kwargs, error, words):
     preset, csv_path = setup
     args = dict(preset=preset, data=csv_path, steps=2, batch_size=4, out_dir=str(tmp_path))
     args.update(kwargs)
+    if args.get("curate_with") == "PRESET":
+        args["curate_with"] = preset
     if "data" in kwargs:
         args["data"] = str(tmp_path / kwargs["data"])
     with pytest.raises(error, match=words):
@@ -298,3 +312,163 @@ def test_full_recipe_runs(setup, tmp_path):
     assert summary["final_losses"]["silc"] > 0 and summary["final_losses"]["tips"] > 0
     _check_learned(SigLIP2Backbone.from_preset(setup[0]),
                    SigLIP2Backbone.from_preset(summary["preset_path"]), summary["preset_path"])
+
+
+# ----------------------------------------------------------------- TrainConfig
+def test_train_config_round_trips_and_excludes_keyword_arguments(tmp_path):
+    from keras_siglip2.training.recipes import TrainConfig
+    from keras_siglip2.training.run import train
+
+    config = TrainConfig(preset="p", data=["a.csv", "b.csv"], steps=7, batch_size=8,
+                         mesh="batch=2", decoder=False, learning_rate=1e-4, seed=3,
+                         naflex_sequence_lengths=(128, 256), curate_with="ref",
+                         curation_ratio=0.25, naflex_from=0.9, naflex_lengths=[256],
+                         balance_attributes=("woman", "man"), balance_proxies=["doctor"])
+    as_dict = config.get_config()
+    assert json.loads(json.dumps(as_dict)) == as_dict  # plain JSON values
+    assert as_dict["steps"] == 7 and as_dict["data"] == ["a.csv", "b.csv"]
+    assert as_dict["naflex_sequence_lengths"] == [128, 256]
+    assert as_dict["balance_attributes"] == ["woman", "man"]
+    assert config.to_dict() == as_dict
+    again = TrainConfig.from_config(as_dict)
+    assert again.get_config() == as_dict
+    path = config.save(tmp_path)
+    assert os.path.basename(path) == "train_config.json"
+    assert TrainConfig.load(tmp_path).get_config() == as_dict
+    assert TrainConfig().keep_ratio is None and config.keep_ratio == 0.25
+    assert TrainConfig(curate_with="ref").keep_ratio == 0.5
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['stpes'\]"):
+        TrainConfig.from_config({"stpes": 3})
+    with pytest.raises(ValueError, match=r"not both; got config= and \['steps'\]"):
+        train(config=config, steps=5)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TrainConfig.load(tmp_path / "nothing.json")
+
+
+def test_train_with_curation_reports_acid_statistics(setup, tmp_path):
+    """`curate_with` (the starting preset as ACID's reference) and `curation_ratio`:
+    each step keeps 4 of a super-batch of 8 (the kept fraction logged by the step is
+    4 / 8); the learnability statistics are finite; the saved config reloads."""
+    from keras_siglip2.training.recipes import TrainConfig
+
+    summary = _train(setup, tmp_path / "acid", steps=2, curate_with=setup[0],
+                     curation_ratio=0.5)
+    curation = summary["curation"]
+    assert curation["reference"] == setup[0] and curation["keep_ratio"] == 0.5
+    assert curation["super_batch_size"] == 8
+    assert curation["kept_fraction"] == pytest.approx(4 / 8)
+    learnability = curation["learnability"]
+    assert np.isfinite(learnability["final"]) and np.isfinite(learnability["mean"])
+    # Per-example sigmoid losses over 8 texts lie in [0, 8 * 20]: their differences too.
+    assert abs(learnability["final"]) < 160
+    assert summary["losses"] == ["sigmoid"] and summary["steps"] == 2
+    loaded = TrainConfig.load(tmp_path / "acid")
+    assert loaded.curate_with == setup[0] and loaded.curation_ratio == 0.5
+    assert loaded.get_config() == summary["config"]
+    on_disk = json.loads((tmp_path / "acid" / "train_summary.json").read_text())
+    assert on_disk["curation"]["kept_fraction"] == pytest.approx(0.5)
+
+
+def test_naflex_stage_of_a_naflex_preset_is_an_error(setup, naflex_preset, tmp_path):
+    from keras_siglip2.training.run import train
+
+    with pytest.raises(ValueError, match="already has a NaFlex image tower"):
+        train(naflex_preset, setup[1], steps=2, batch_size=4, out_dir=str(tmp_path),
+              naflex_from=0.9, verbose=False)
+    assert not (tmp_path / "preset").exists()
+
+
+def test_cli_train_curation_and_naflex_flags():
+    from keras_siglip2 import cli
+
+    args = cli.build_parser().parse_args(
+        ["train", "--preset", "p", "--data", "d.csv", "--curate-with", "ref",
+         "--curation-ratio", "0.25", "--naflex-from", "0.9", "--naflex-lengths",
+         "128,256"])
+    kwargs = cli.train_kwargs(args)
+    assert (kwargs["balance_attributes"], kwargs["balance_proxies"]) == (None, None)
+    assert (kwargs["curate_with"], kwargs["curation_ratio"]) == ("ref", 0.25)
+    assert (kwargs["naflex_from"], kwargs["naflex_lengths"]) == (0.9, [128, 256])
+    args = cli.build_parser().parse_args(["train", "--preset", "p", "--data", "d.csv"])
+    assert [cli.train_kwargs(args)[k] for k in (
+        "curate_with", "curation_ratio", "naflex_from", "naflex_lengths")] == [None] * 4
+    args = cli.build_parser().parse_args(
+        ["train", "--preset", "p", "--data", "d.csv", "--balance-attributes", "woman,man",
+         "--balance-proxies", "doctor"])
+    kwargs = cli.train_kwargs(args)
+    assert kwargs["balance_attributes"] == ["woman", "man"]
+    assert kwargs["balance_proxies"] == ["doctor"]
+    for bad in (["--naflex-lengths", "128,x"], ["--balance-proxies", "a,,b"]):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["train", "--preset", "p", "--data", "d.csv",
+                                           *bad])
+
+
+class _Info:
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    def locca_tasks(self):
+        return self.tasks
+
+
+class _Data:
+    def __init__(self, tasks):
+        self.info = _Info(tasks)
+
+
+@pytest.mark.parametrize("tasks, warned", [
+    (("captioning",), 1),
+    (("captioning", "aref", "gcap"), 0),
+    (("captioning", "gcap"), 0),
+])
+def test_locca_warning_once_without_region_boxes(tasks, warned):
+    import warnings
+
+    from keras_siglip2.training.recipes.stages import (
+        LoccaTasksCheck,
+        LoccaTasksWarning,
+        _locca_tasks,
+    )
+
+    check = LoccaTasksCheck(_Data(tasks))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(3):
+            check.on_epoch_end(epoch)
+    found = [w for w in caught if issubclass(w.category, LoccaTasksWarning)]
+    assert len(found) == warned
+    if warned:
+        assert "no region boxes" in str(found[0].message)
+        assert "boxes" in str(found[0].message) and "box_texts" in str(found[0].message)
+    assert _locca_tasks(_Data(tasks)) == list(tasks)
+    assert _locca_tasks(object()) is None  # a pipeline that does not say
+
+
+def test_cli_prints_a_warning_as_one_line(capsys):
+    import warnings
+
+    from keras_siglip2.cli.common import warning_lines
+    from keras_siglip2.training.recipes.stages import LoccaTasksWarning
+
+    with warning_lines():
+        warnings.warn("LocCa trains captioning only: no boxes.", LoccaTasksWarning)
+    err = capsys.readouterr().err
+    assert err == "siglip2: warning: LocCa trains captioning only: no boxes.\n"
+
+
+def test_balancing_statistics_reach_the_summary_as_plain_values():
+    from keras_siglip2.training.recipes.config import TrainConfig
+    from keras_siglip2.training.recipes.stages import balancing_options, balancing_statistics
+
+    class Info:
+        def balancing_statistics(self):
+            return {"target": np.array([0.5, 0.5]), "achieved": {"kept": np.float32(0.75)}}
+
+    class Data:
+        info = Info()
+
+    assert balancing_statistics(Data()) == {"target": [0.5, 0.5], "achieved": {"kept": 0.75}}
+    assert json.dumps(balancing_statistics(Data()))
+    assert balancing_statistics(object()) is None
+    assert balancing_options(TrainConfig()) == {}

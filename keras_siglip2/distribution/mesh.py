@@ -1,37 +1,7 @@
-"""Data and model parallel SigLIP 2 training with `keras.distribution` (JAX backend).
-
-The paper trains on TPU pods with the batch split over devices and the parameters
-sharded FSDP-style (paper sec. 2; big_vision's `fsdp` sharding). Here:
-
-- `make_mesh("batch=4,model=2")` builds a `keras.distribution.DeviceMesh` with a data
-  axis `batch` and a parameter-sharding axis `model`.
-- `get_layout_map(device_mesh)` (also `SigLIP2Backbone.get_layout_map`) shards every
-  large variable over the `model` axis by regular expressions over variable paths: the
-  embeddings, position embeddings / grid, attention and MLP kernels, the MAP probe, the
-  text head, and the same layers anywhere under a prefix (the EMA teacher
-  `teacher_vision_encoder/...`, the LocCa decoder `locca_decoder/...`) plus the
-  decoder's image and output projections and the SILC / TIPS projection heads
-  (`silc_head`, `tips_head` and their `teacher_*` copies). Small variables (biases,
-  LayerNorms, t and b, mask tokens, centers) are replicated. Optimizer slots follow
-  their variable.
-- `setup_distribution("batch=4,model=2", batch_size=..., backbone=...)` checks that the
-  mesh fits the devices, the batch and the model (heads, widths) before
-  anything is built, and sets a `DataParallel` (model axis 1) or `ModelParallel`
-  distribution (`SigLIP2DataParallel` / `SigLIP2ModelParallel`: they also check each
-  batch against the batch axis, raising a ValueError that names both numbers, and
-  replicate, with a one-line warning naming it, a variable whose sharded dimension the
-  model axis does not divide, e.g. a LocCa vocabulary of 1801).
-- `initialize_multihost()` starts JAX's multi-process runtime
-  (`jax.distributed.initialize()`, with bounded start-up and heartbeat timeouts, gloo
-  collectives on CPU) on TPU pods / multi-host GPU clusters; call it first. Helpers
-  for code running on every host: `to_numpy` (reads a sharded array, gathering it
-  across hosts), `barrier`, `check_same_on_all_hosts` (mismatched commands named at
-  start-up) and `gathered_copy` (an unsharded copy of a model on process 0, to save).
-
-The sigmoid loss across devices is `keras_siglip2.training.losses.distributed`;
-`SigLIP2Pretrainer` switches to it by itself under a distribution whose batch axis spans
-more than one device.
-"""
+"""Device meshes and `keras.distribution` layouts for SigLIP 2 (paper sec. 2: the
+batch split over devices, parameters sharded FSDP-style as big_vision's `fsdp`):
+`make_mesh`, the divisibility checks against the towers, the checked `DataParallel` /
+`ModelParallel` distributions and `setup_distribution`. See the package docstring."""
 
 import json
 import math
@@ -40,14 +10,13 @@ import warnings
 
 import keras
 
-from keras_siglip2.models.layout_map import (  # noqa: F401 (part of this module's API)
+from keras_siglip2.models.layout_map import (
     DATA_AXIS,
-    LAYOUT_RULES,
     MODEL_AXIS,
     _check_axis_names,
     get_layout_map,
-    layout_rules,
 )
+from keras_siglip2.preset_registry import get_preset
 
 
 def _axis_sizes(device_mesh):
@@ -127,8 +96,6 @@ def _tower_configs(backbone):
     if isinstance(backbone, (str, os.PathLike)):
         path = os.fspath(backbone)
         if not os.path.isdir(path):  # a preset name: its architecture, no download
-            from keras_siglip2.preset_registry import get_preset
-
             architecture = get_preset(path)["architecture"]
             return {"vision_encoder": architecture["vision"], "text_encoder": architecture["text"]}
         with open(os.path.join(path, "config.json")) as f:
@@ -210,7 +177,7 @@ def _check_batch_fits(distribution, data_shape):
     size = _axis_sizes(distribution.device_mesh).get(axis, 1)
     batch = int(data_shape[0])
     try:
-        import jax
+        import jax  # lazy: JAX backend only (other backends never import it)
 
         processes = jax.process_count() if keras.backend.backend() == "jax" else 1
     except ImportError:  # pragma: no cover
@@ -347,201 +314,3 @@ def setup_distribution(
     if set_global:
         keras.distribution.set_distribution(distribution)
     return distribution
-
-
-ENV_ADDRESS = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
-ENV_NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
-ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
-# Seconds to wait for every process to join (`initialization_timeout`) and without a
-# heartbeat from a peer before the others fail (`heartbeat_timeout_seconds`).
-ENV_INIT_TIMEOUT = "SIGLIP2_DISTRIBUTED_INIT_TIMEOUT"
-ENV_HEARTBEAT_TIMEOUT = "SIGLIP2_DISTRIBUTED_HEARTBEAT_TIMEOUT"
-DEFAULT_INIT_TIMEOUT = 300
-DEFAULT_HEARTBEAT_TIMEOUT = 100
-
-
-def _env_int(name, default):
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1 and default is not None:
-        raise ValueError(f"${name} must be a positive integer; got {value!r}.")
-    return number
-
-
-def initialize_multihost(coordinator_address=None, num_processes=None, process_id=None,
-                         initialization_timeout=None, heartbeat_timeout=None):
-    """Starts the multi-process runtime (`jax.distributed.initialize`) so that every
-    host sees all devices of the pod slice. Call it once per process, first, before any
-    other JAX / Keras work. On Cloud TPU all arguments are discovered from the
-    environment; elsewhere pass them or set KERAS_DISTRIBUTION_JOB_ADDRESSES (the
-    coordinator "host:port", or all addresses comma-separated, the first being the
-    coordinator), KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID.
-
-    On CPU (tests, simulated hosts) the cross-process collectives use gloo.
-
-    Timeouts: `initialization_timeout` (env SIGLIP2_DISTRIBUTED_INIT_TIMEOUT, default
-    300 s) bounds the wait for the coordinator and the other processes; a coordinator
-    that cannot be reached raises a RuntimeError naming its address and the timeout
-    (a process that reaches it but not all its peers in time is ended by JAX's
-    distributed runtime, DEADLINE_EXCEEDED, after the same timeout).
-    `heartbeat_timeout` (env SIGLIP2_DISTRIBUTED_HEARTBEAT_TIMEOUT, default 100 s): a
-    process that stops answering (killed, lost host) makes the others fail after about
-    that long instead of hanging.
-
-    Returns the number of processes.
-    """
-    if keras.backend.backend() != "jax":
-        raise ValueError(
-            "Multi-host training needs the JAX backend; got KERAS_BACKEND="
-            f"{keras.backend.backend()!r}."
-        )
-    import jax
-
-    address = coordinator_address or os.environ.get(ENV_ADDRESS) or None
-    if address and "," in address:
-        address = address.split(",")[0].strip()
-    if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
-        num_processes = _env_int(ENV_NUM_PROCESSES, None)
-    if process_id is None and os.environ.get(ENV_PROCESS_ID) is not None:
-        process_id = _env_int(ENV_PROCESS_ID, None)
-    init_timeout = initialization_timeout or _env_int(ENV_INIT_TIMEOUT, DEFAULT_INIT_TIMEOUT)
-    heartbeat = heartbeat_timeout or _env_int(ENV_HEARTBEAT_TIMEOUT, DEFAULT_HEARTBEAT_TIMEOUT)
-    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
-        # Cross-process collectives on CPU devices (no effect on TPU / GPU devices).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if address and process_id not in (None, 0):
-        # XLA's client aborts the process (no Python error) when the coordinator does
-        # not answer: wait for its port here, with a clear error.
-        _wait_for_coordinator(address, init_timeout, process_id, num_processes)
-    jax.distributed.initialize(
-        coordinator_address=address, num_processes=num_processes,
-        process_id=process_id, initialization_timeout=init_timeout,
-        heartbeat_timeout_seconds=heartbeat,
-    )
-    return jax.process_count()
-
-
-def _wait_for_coordinator(address, timeout, process_id, num_processes):
-    """Waits up to `timeout` s until the coordinator's "host:port" accepts a TCP
-    connection; raises a RuntimeError naming the address otherwise."""
-    import socket
-    import time
-
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "localhost"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, int(port)), timeout=2):
-                return
-        except (OSError, ValueError) as e:
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"Could not join the multi-host run: the coordinator {address!r} "
-                    f"(process {process_id} of {num_processes} waiting) did not answer "
-                    f"within {timeout} s (${ENV_INIT_TIMEOUT}). Check that process 0 runs "
-                    "the same command on that address and that the port is open. "
-                    f"({type(e).__name__}: {e})"
-                ) from e
-        time.sleep(0.5)
-
-
-def process_count():
-    """Number of processes of the run (1 without the JAX multi-host runtime)."""
-    if keras.backend.backend() != "jax":
-        return 1
-    import jax
-
-    return jax.process_count()
-
-
-def to_numpy(value):
-    """A NumPy copy of a (possibly multi-host, sharded) array. Every process must call
-    it for the same arrays in the same order when some are not on this host alone (it
-    then gathers them across the hosts)."""
-    import numpy as np
-
-    if keras.backend.backend() != "jax":
-        return keras.ops.convert_to_numpy(value)
-    import jax
-
-    value = getattr(value, "value", value)  # a keras Variable
-    if not isinstance(value, jax.Array) or value.is_fully_addressable:
-        return np.asarray(value)
-    if value.is_fully_replicated:
-        return np.asarray(value.addressable_data(0))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
-
-
-def barrier(name):
-    """Waits until every process reaches the barrier `name` (no-op on one host)."""
-    if process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def check_same_on_all_hosts(fields):
-    """Raises a ValueError on every process unless all processes pass equal `fields`
-    (a dict name -> JSON-able value, e.g. the command's options), naming the fields
-    that differ and this host's value: mismatched commands fail at start-up instead of
-    deadlocking in the first collective. No-op on one host."""
-    if process_count() == 1:
-        return
-    import hashlib
-
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    names = sorted(fields)
-    digests = np.array([
-        int.from_bytes(hashlib.sha256(json.dumps(fields[n], sort_keys=True, default=str)
-                                      .encode()).digest()[:4], "little") & 0x7FFFFFFF
-        for n in names
-    ], np.int32)
-    every = np.asarray(multihost_utils.process_allgather(digests))  # (processes, fields)
-    differ = [n for n, column in zip(names, every.T) if len(set(column.tolist())) > 1]
-    if differ:
-        import jax
-
-        mine = ", ".join(f"{n}={fields[n]!r}" for n in differ)
-        raise ValueError(
-            f"The processes of this multi-host run were started with different "
-            f"arguments: {', '.join(differ)} differ between hosts (process "
-            f"{jax.process_index()} has {mine}). Run the same command on every host."
-        )
-
-
-def gathered_copy(model):
-    """The model to save from a multi-host run: every process calls it (the sharded
-    weights are gathered across the hosts, a collective); process 0 gets an unsharded
-    copy built from `model.get_config()` with those weights, the others None. On one
-    host it returns `model` itself (its arrays are all local).
-
-        trained = gathered_copy(pretrainer.backbone)
-        if trained is not None:
-            trained.save_to_preset("trained")
-        barrier("preset_written")
-    """
-    if process_count() == 1:
-        return model
-    import jax
-
-    values = [to_numpy(w) for w in model.weights]
-    if jax.process_index() != 0:
-        return None
-    distribution = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
-        copy = type(model).from_config(model.get_config())
-        copy.set_weights(values)
-    finally:
-        keras.distribution.set_distribution(distribution)
-    return copy
