@@ -549,7 +549,7 @@ def test_wheel_carries_the_presets(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         packed = {n.rsplit("/", 1)[1]: archive.read(n) for n in archive.namelist()
                   if n.startswith("keras_siglip2/preset_data/")}
-        assert "keras_siglip2/cli.py" in archive.namelist()
+        assert "keras_siglip2/cli/__init__.py" in archive.namelist()  # subpackages are packed
     assert sorted(packed) == sorted(f"{name}.json" for name in EXPECTED)
     for name in EXPECTED:
         assert packed[f"{name}.json"] == (root / "presets" / f"{name}.json").read_bytes()

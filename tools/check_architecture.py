@@ -22,7 +22,8 @@ LAYERS = {
     "console": 0, "checks": 0, "layers": 0,
     "models": 1,
     "preprocessing": 2, "preset_registry": 2,
-    "convert": 3, "distribution": 3, "export": 3, "presets": 3, "tasks": 3, "training": 3,
+    "convert": 3, "distribution": 3, "export": 3, "media": 3, "presets": 3, "tasks": 3,
+    "training": 3,
     "cli": 4, "registration": 4, "": 4,
 }
 MAX_MODULE_LINES = 500
