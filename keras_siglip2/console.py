@@ -56,7 +56,7 @@ def native_stderr_silenced(active):
 def silence_absl():
     """absl's Python logger (used by TensorFlow, JAX and orbax) at ERROR."""
     try:
-        from absl import logging as absl_logging  # optional: installed with TensorFlow
+        from absl import logging as absl_logging  # lazy: optional, installed with TensorFlow
     except ImportError:
         return
     absl_logging.set_verbosity(absl_logging.ERROR)
@@ -108,7 +108,7 @@ def progress_bar(target, unit_name="step", verbose=True, stream=None):
     if not verbose:
         return None
     if _is_terminal(stream or sys.stdout):
-        import keras
+        import keras  # lazy: keras (and its backend) loads only to draw a bar
 
         return keras.utils.Progbar(target, unit_name=unit_name)
     return LineProgress(target, unit_name=unit_name, stream=stream)

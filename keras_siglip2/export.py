@@ -40,6 +40,13 @@ import tempfile
 import types
 
 import keras
+import keras_hub
+
+from keras_siglip2.layers import l2_normalize
+from keras_siglip2.models import SigLIP2Backbone, SigLIP2TextEncoder, SigLIP2VisionEncoder
+from keras_siglip2.models.naflex_vision_encoder import SigLIP2NaFlexVisionEncoder
+from keras_siglip2.preprocessing.image_converter import IMAGE_CONVERTER_CONFIG_FILE
+from keras_siglip2.presets import resolve_preset
 
 FORMATS = ("saved_model", "litert")
 TOWERS = ("vision", "text", "both")
@@ -68,8 +75,6 @@ def _check_args(format, tower, out_path):
 
 def _model_kind(model):
     """"backbone", "vision", "text" or "pretrainer" for a model object; TypeError else."""
-    from keras_siglip2.models import SigLIP2Backbone, SigLIP2TextEncoder, SigLIP2VisionEncoder
-    from keras_siglip2.models.naflex_vision_encoder import SigLIP2NaFlexVisionEncoder
 
     if isinstance(model, SigLIP2Backbone):
         return "backbone"
@@ -136,8 +141,6 @@ def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="f
     out_path = _check_args(format, tower, out_path)
     parent = os.path.dirname(out_path)
     if isinstance(model_or_preset, (str, os.PathLike)):
-        from keras_siglip2.presets import resolve_preset
-
         source = resolve_preset(os.fspath(model_or_preset))
         kind = _preset_kind(source)
         tower = _resolve_tower(kind, tower, format)
@@ -175,17 +178,13 @@ def export(model_or_preset, out_path, format="saved_model", tower=None, dtype="f
 def _preset_image_converter(source):
     """The preset's image converter (with its recorded `match`), or None if the
     preset has no `image_converter.json`."""
-    from keras_siglip2.preprocessing.image_converter import IMAGE_CONVERTER_CONFIG_FILE
-
     if not os.path.isfile(os.path.join(source, IMAGE_CONVERTER_CONFIG_FILE)):
         return None
     return _load_image_converter(source)
 
 
 def _load_image_converter(source):
-    import keras_hub
-
-    import keras_siglip2  # noqa: F401  (registers the converters for from_preset)
+    import keras_siglip2  # noqa: F401  # lazy: the package root registers the converters
 
     return keras_hub.layers.ImageConverter.from_preset(source)
 
@@ -208,9 +207,7 @@ def _preset_kind(source):
 
 
 def _load_preset(source, dtype):
-    import keras_hub
-
-    import keras_siglip2  # noqa: F401  (registers the classes for from_preset)
+    import keras_siglip2  # noqa: F401  # lazy: the package root registers the classes
 
     return keras_hub.models.Backbone.from_preset(source, dtype=dtype)
 
@@ -243,7 +240,7 @@ def _run_tf_worker(args):
 
 def _export_tf(model, out_path, format, tower, image_converter=None):
     """Writes the export with the TensorFlow backend (this process)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow only where the TF graph is written
 
     parent = os.path.dirname(out_path)
     tmp = tempfile.mkdtemp(prefix=".siglip2-export-", dir=parent)
@@ -277,7 +274,7 @@ def _towers(model):
 
 
 def _vision_signature(vision, static_naflex):
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow only where the TF graph is written
 
     if hasattr(vision, "image_size"):
         height, width = vision.image_size
@@ -294,7 +291,7 @@ def _vision_signature(vision, static_naflex):
 
 def _decoded_image_spec(vision, converter):
     """The converter's output for one decoded image, as `tf.map_fn` needs it."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow only where the TF graph is written
 
     if hasattr(vision, "image_size"):
         height, width = vision.image_size
@@ -324,9 +321,7 @@ def _decoded_image_spec(vision, converter):
 
 def _add_image_bytes_endpoint(archive, vision, converter):
     """`embed_image_bytes`: encoded files -> uint8 RGB -> the converter -> embeddings."""
-    import tensorflow as tf
-
-    from keras_siglip2.layers import l2_normalize
+    import tensorflow as tf  # lazy: TensorFlow only where the TF graph is written
 
     spec = _decoded_image_spec(vision, converter)
 
@@ -353,9 +348,7 @@ def _add_image_bytes_endpoint(archive, vision, converter):
 
 def _write_saved_model(model, path, tower, static_naflex=False, image_converter=None):
     """SavedModel with the signatures of the module docstring for the chosen tower(s)."""
-    import tensorflow as tf
-
-    from keras_siglip2.layers import l2_normalize
+    import tensorflow as tf  # lazy: TensorFlow only where the TF graph is written
 
     vision, text, logit_head = _towers(model)
     archive = keras.export.ExportArchive()
@@ -410,7 +403,7 @@ def _worker(args_json):
     model = _load_preset(args["preset"], args["dtype"])
     converter = args.get("image_converter")
     if converter is not None:
-        import keras_siglip2  # noqa: F401  (registers the converter classes)
+        import keras_siglip2  # noqa: F401  # lazy: the package root registers the converters
 
         converter = keras.saving.deserialize_keras_object(converter)
     _export_tf(model, args["out_path"], args["format"], args["tower"], converter)

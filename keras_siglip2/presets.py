@@ -17,6 +17,7 @@ import importlib
 import os
 import tempfile
 
+from keras_siglip2 import preprocessing
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.factory import build_backbone
 from keras_siglip2.models.preset_files import register_preset_resolver
@@ -106,7 +107,7 @@ def download_source(handle):
       loader fetches it.
     """
     if handle.startswith("hf://"):
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # lazy: optional, hf:// only
 
         repo_id = handle[len("hf://") :].strip("/")
         return snapshot_download(
@@ -114,7 +115,7 @@ def download_source(handle):
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"],
         )
     if handle.startswith("gs://"):
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: gs:// reads through tf.io.gfile only
 
         target_dir = os.path.join(cache_dir(), "downloads")
         os.makedirs(target_dir, exist_ok=True)
@@ -179,8 +180,6 @@ def image_converter_for_architecture(architecture, match="big_vision"):
     """The image converter a preset's vision tower expects: `SigLIP2ImageConverter` at
     the fixed resolution, or `SigLIP2NaFlexImageConverter` with the tower's patch size
     and default sequence length; `match`: the reference preprocessing it reproduces."""
-    from keras_siglip2 import preprocessing
-
     vision = architecture["vision"]
     if vision["type"] == "naflex":
         return preprocessing.SigLIP2NaFlexImageConverter(

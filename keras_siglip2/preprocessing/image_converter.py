@@ -25,6 +25,7 @@ from keras_siglip2.preprocessing.tokenizer import (
     standalone_component_config,
 )
 
+from keras_hub.src.utils.preset_utils import check_file_exists, get_file, load_json
 from keras_hub.src.utils.tensor_utils import in_tf_function, preprocessing_function
 
 IMAGE_CONVERTER_CONFIG_FILE = "image_converter.json"
@@ -267,6 +268,7 @@ class SigLIP2ImageConverter(ImageConverter):
         if self.match == "transformers":
             return pil_resize(to_uint8_levels(images), self.image_size, "bicubic")
         if self.crop_to_aspect_ratio or self.pad_to_aspect_ratio:
+            # lazy: keras' TF-backend image module (private path; crop / pad only)
             from keras.src.backend.tensorflow.image import resize
 
             # keras `Resizing`'s crop / pad (its TF ops), then big_vision's dtype round
@@ -420,7 +422,6 @@ def check_recorded_match(preset, config_file):
     """A ValueError naming the file when `config_file` of `preset` records an image
     converter mode (`match`) that this version does not know; also looks inside a
     preprocessor's nested converter config."""
-    from keras_hub.src.utils.preset_utils import check_file_exists, get_file, load_json
 
     if not check_file_exists(preset, config_file):
         return

@@ -15,6 +15,7 @@ from keras_hub.layers import ImageConverter
 from keras_hub.src.utils.tensor_utils import convert_preprocessing_outputs, in_tf_function
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
+from keras_siglip2.preprocessing.image_converter import converter_from_preset
 from keras_siglip2.preprocessing.resampling import check_match, pil_resize, to_uint8_levels
 
 # The reference bisection (big_vision `resize_to_sequence`): the scale is searched in
@@ -357,7 +358,6 @@ class SigLIP2NaFlexImageConverter(ImageConverter):
     def from_preset(cls, preset, match=None, **kwargs):
         """Loads the converter of a preset (see `SigLIP2ImageConverter.from_preset`);
         `match`: None (the recorded mode) or the mode to use instead."""
-        from keras_siglip2.preprocessing.image_converter import converter_from_preset
 
         return converter_from_preset(cls, preset, match, **kwargs)
 

@@ -4,7 +4,9 @@ EOS, length 64) with an image converter (fixed resolution, or NaFlex's
 aspect-preserving patches)."""
 
 import keras
+import keras_hub
 from keras_hub.models import Preprocessor
+from keras_hub.src.utils.preset_utils import check_file_exists
 from keras_hub.src.utils.tensor_utils import (
     convert_preprocessing_outputs_python,
     in_tf_function,
@@ -19,6 +21,7 @@ from keras_siglip2.preprocessing.image_converter import (
 )
 from keras_siglip2.preprocessing.tokenizer import (
     SigLIP2Tokenizer,
+    _standardize_sequence_length,
     deserialize_component,
     resolve_preset,
     standalone_component_config,
@@ -82,7 +85,6 @@ class SigLIP2Preprocessor(Preprocessor):
 
     @sequence_length.setter
     def sequence_length(self, value):
-        from keras_siglip2.preprocessing.tokenizer import _standardize_sequence_length
 
         self.tokenizer.sequence_length = _standardize_sequence_length(value)
 
@@ -151,7 +153,6 @@ class SigLIP2Preprocessor(Preprocessor):
     def _add_missing_kwargs(cls, loader, kwargs):
         # A preset may carry no image_converter.json (a text-only preset).
         if "image_converter" not in kwargs:
-            from keras_hub.src.utils.preset_utils import check_file_exists
 
             if not check_file_exists(loader.preset, "image_converter.json"):
                 kwargs["image_converter"] = None
@@ -184,8 +185,6 @@ class SigLIP2Preprocessor(Preprocessor):
 
 def _converter_for_match(preset, config, match):
     """The preset's image converter rebuilt in mode `match` (None when it has none)."""
-    import keras_hub
-    from keras_hub.src.utils.preset_utils import check_file_exists
 
     nested = (config or {}).get("config", {}).get("image_converter")
     if isinstance(nested, dict):

@@ -5,7 +5,6 @@ truncated text still ends with EOS) and `<pad>` padding to 64 tokens."""
 
 import base64
 import binascii
-import json
 import os
 
 import keras
@@ -14,6 +13,10 @@ from keras.src.saving import serialization_lib
 from keras_hub.tokenizers import SentencePieceTokenizer
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
+from keras_siglip2.preprocessing.components import (  # noqa: F401 (also imported from here)
+    deserialize_component,
+    standalone_component_config,
+)
 # Preset names -> directories, through the resolver `keras_siglip2.presets` registers.
 from keras_siglip2.models.preset_files import resolve_preset_path as resolve_preset
 
@@ -72,43 +75,6 @@ def _standardize_sequence_length(sequence_length, name="sequence_length"):
             f"models) or None; got {name}={sequence_length!r}."
         )
     return int(sequence_length)
-
-
-# --- Presets -------------------------------------------------------------------------
-# keras-hub's loaders require a `config.json` (a saved backbone) in every preset. These
-# helpers additionally let a preprocessing component saved on its own (a directory with
-# only e.g. `tokenizer.json` + assets) load back through the same `from_preset` call.
-
-
-def standalone_component_config(preset, config_file):
-    """The parsed `config_file` when `preset` is a local directory holding it but no
-    `config.json` (a component saved without a backbone); otherwise None."""
-    if isinstance(preset, os.PathLike):
-        preset = os.fspath(preset)
-    if not isinstance(preset, str) or "://" in preset:
-        return None
-    local = os.path.expanduser(preset)
-    if not os.path.isdir(local) or os.path.exists(os.path.join(local, "config.json")):
-        return None
-    path = os.path.join(local, config_file)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def deserialize_component(cls, config, preset, config_file, **kwargs):
-    """Builds the object described by a saved `config` (with `kwargs` overriding its
-    config entries) and checks that it is a `cls`."""
-    config = dict(config)
-    config["config"] = {**config.get("config", {}), **kwargs}
-    obj = keras.saving.deserialize_keras_object(config)
-    if not isinstance(obj, cls):
-        raise ValueError(
-            f"{config_file} in preset {preset!r} describes a "
-            f"{type(obj).__name__}, not a {cls.__name__}."
-        )
-    return obj
 
 
 # --- The tokenizer -------------------------------------------------------------------
@@ -358,7 +324,7 @@ class SigLIP2Tokenizer(SentencePieceTokenizer):
         tf.function) a fresh op is made inside the graph, and an eager call whose
         cached op lost its resource rebuilds it once."""
         if not tf.executing_eagerly():
-            import tensorflow_text as tf_text
+            import tensorflow_text as tf_text  # lazy: optional, only for graph-mode tokenization
 
             op = tf_text.SentencepieceTokenizer(
                 model=self.proto, out_type=self.compute_dtype, add_bos=self.add_bos,
