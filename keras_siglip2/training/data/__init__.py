@@ -20,7 +20,7 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
+        import importlib  # lazy: the submodules need TensorFlow, loaded on first use
 
         module = importlib.import_module(f"keras_siglip2.training.data.{_LAZY[name]}")
         return getattr(module, name)

@@ -410,7 +410,7 @@ def test_argument_errors(tmp_path):
         (dict(language_weights={"en": -1}), ValueError, "positive finite"),
         (dict(language_weights=[0.9, 0.1]), ValueError, "non-empty dict"),
         (dict(filter_fn="drop men"), TypeError, "callable"),
-        (dict(batch_size=0), ValueError, "`batch_size` must be a positive int"),
+        (dict(batch_size=0), ValueError, "`batch_size` must be an integer >= 1"),
         (dict(start_batch=-1), ValueError, "`start_batch`"),
         (dict(num_hosts=2), ValueError, "both `num_hosts` and `host_index`"),
         (dict(extra_fields=("pixels",)), ValueError, "`extra_fields`"),
