@@ -65,9 +65,14 @@ class ReadConfig(_Section):
     num_hosts, host_index: this host's share of the data; default (both None) from
         `jax.process_count()` / `jax.process_index()` on JAX, else (1, 0).
     start_batch: int, resume after this many batches.
-    strict: False: bad examples are skipped and counted; True: the first one raises.
-    extra_fields: fields to include for inspection (`dataset.EXTRA_FIELDS`).
-    drop_remainder: drop a last partial batch.
+    strict: False: bad examples are skipped and counted in `dataset.report` (the first
+        of each reason named); True: the first bad example raises
+        (tf.errors.InvalidArgumentError from the iterator, naming the shard, the
+        record and the reason); a missing shard raises FileNotFoundError at once.
+    extra_fields: any of `dataset.EXTRA_FIELDS` to include ("texts", "boxes" (B, max,
+        4) + "num_boxes", "box_texts", "language", "source", "record").
+    drop_remainder: drop a last partial batch (True: every batch has `batch_size`
+        examples, as a jitted train step wants).
     num_parallel_calls: parallelism of the maps (`tf.data.AUTOTUNE` = -1).
     """
 
@@ -89,12 +94,29 @@ class ReadConfig(_Section):
 class ViewConfig(_Section):
     """Which views each example gets, and their sizes.
 
-    views: any of "image" (the image at the model resolution), "local" (SILC local
-        crops), "masked" (TIPS patch mask), "naflex" (NaFlex patches).
+    views: any of "image" (the image at the model resolution: "images", or NaFlex
+        patches with a NaFlex converter), "local" (SILC: "local_images" (B, V, h, w,
+        3) and the teacher's augmented global view "teacher_images" (B, H, W, 3)),
+        "masked" (TIPS: "tips_mask" (B, N) int32, 1 = masked) and "naflex" (NaFlex
+        patches "pixel_patches", "patch_positions", "patch_mask", the sequence length
+        drawn per batch from `naflex_sequence_lengths`).
     image_size: int or (height, width), the model resolution (when no preprocessor
         gives it).
-    num_local_crops, local_crop_size, local_crop_scale: SILC local crops: count, side
-        and area-fraction range.
+    num_local_crops, local_crop_size, local_crop_scale: SILC local crops: count (8),
+        side (None: `augment.silc_local_size`, 96/224 of the model resolution rounded
+        to a multiple of `patch_size`, or of 16 when it is None: 96 px at 224 px, as
+        DINO / SILC) and area-fraction range ((0.05, 0.4), DINO / SILC).
+    teacher_crop_scale: area-fraction range of the SILC teacher's augmented global
+        view "teacher_images" ((0.4, 1.0), DINO / SILC global crops); None: no
+        teacher view (the teacher then sees "images").
+    teacher_flip, teacher_color_jitter, teacher_jitter_probability,
+        teacher_grayscale_probability: the teacher view's flip (p = 1/2), colour
+        jitter strengths (brightness, contrast, saturation, hue) = (0.4, 0.4, 0.2,
+        0.1) applied with p = 0.8, and grayscale with p = 0.2 (DINO's
+        `DataAugmentationDINO` in facebookresearch/dino main_dino.py, which SILC,
+        Naeem et al. 2023, follows: 2 global crops over 40-100 % of the area at 224
+        px, 8 local crops over 5-40 % at 96 px); `teacher_color_jitter=None` turns
+        the colour off. DINO's Gaussian blur and solarization are not applied.
     mask_ratio, patch_size: TIPS mask: fraction of masked patches over the patch grid.
     naflex_sequence_lengths: the sequence lengths a NaFlex batch draws from.
     """
@@ -104,6 +126,11 @@ class ViewConfig(_Section):
     num_local_crops: int = 8
     local_crop_size: object = None
     local_crop_scale: tuple = (0.05, 0.4)
+    teacher_crop_scale: object = (0.4, 1.0)
+    teacher_flip: bool = True
+    teacher_color_jitter: object = (0.4, 0.4, 0.2, 0.1)
+    teacher_jitter_probability: float = 0.8
+    teacher_grayscale_probability: float = 0.2
     mask_ratio: float = 0.5
     patch_size: object = None
     naflex_sequence_lengths: tuple = NAFLEX_SEQUENCE_LENGTHS
@@ -116,13 +143,18 @@ class LocCaConfig(_Section):
     enabled: add the decoder fields to every batch (needs a tokenizer).
     num_bins: location bins per coordinate (None: `locca_targets.DEFAULT_NUM_BINS`).
     sequence_length: decoder length (None: `make_locca_targets`' default).
-    task_weights: 3 non-negative weights for captioning / ARef / GCap.
+    task_weights: 3 non-negative weights for captioning / ARef / GCap (a 0 turns a
+        task off; the pretrainer's `locca_task_weights` weight the losses).
+    tasks: "all" (the three tasks on every example, (B, 3, L) fields, as LocCa and
+        the paper) or "sampled" (one task drawn per example, (B, L): the behaviour
+        before issue 17).
     """
 
     enabled: bool = False
     num_bins: object = None
     sequence_length: object = None
     task_weights: tuple = (1.0, 1.0, 1.0)
+    tasks: str = "all"
 
     def options(self):
         """The keyword arguments of `locca_batch_fields` this config sets."""
@@ -136,8 +168,12 @@ class MixtureConfig(_Section):
     """The language mixture.
 
     language_weights: None (every example, in the data's proportions) or a dict
-        {language: weight}, e.g. `PAPER_LANGUAGE_WEIGHTS`.
-    default_language: language of records without one.
+        {language: weight}, e.g. `PAPER_LANGUAGE_WEIGHTS` = {"en": 0.9, "other": 0.1}:
+        examples are drawn from per-language streams with these probabilities;
+        "other" takes every language not named; languages neither named nor covered
+        by "other" are dropped (counted as language_excluded). Languages compare by
+        primary subtag ("en-US" is "en").
+    default_language: language of records without one (e.g. "en" for an English CSV).
     """
 
     language_weights: object = None

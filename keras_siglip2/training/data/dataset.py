@@ -7,9 +7,12 @@ tokenization and LocCa targets (`locca_fields.py`)."""
 import keras
 import tensorflow as tf
 
-from keras_siglip2.checks import check_int, check_positive_int
+from keras_siglip2.checks import check_fraction, check_int, check_positive_int
 from keras_siglip2.preprocessing import SigLIP2ImageConverter, SigLIP2NaFlexImageConverter
+from keras_siglip2.training.data import augment
+from keras_siglip2.training.data.balance_stage import BalancingStage, fit_balancer
 from keras_siglip2.training.data.config import DataConfig
+from keras_siglip2.training.data.info import DatasetInfo
 from keras_siglip2.training.data.languages import _check_language_weights
 from keras_siglip2.training.data.locca_fields import locca_batch_fields
 from keras_siglip2.training.data.readers import open_source
@@ -77,15 +80,32 @@ def _converters(view, views, converter):
     return converter, naflex, views, lengths
 
 
-def _local_converter(view, converter):
-    """(local converter, local_crop_scale) of the SILC "local" view."""
-    check_positive_int("num_local_crops", view.num_local_crops)
-    size = converter.image_size if view.local_crop_size is None else view.local_crop_size
-    lo, hi = (float(x) for x in view.local_crop_scale)
+def _crop_scale(name, scale):
+    lo, hi = (float(x) for x in scale)
     if not 0 < lo <= hi <= 1:
-        raise ValueError(f"`local_crop_scale` must be (low, high) with 0 < low <= high "
-                         f"<= 1; got {view.local_crop_scale!r}.")
-    return SigLIP2ImageConverter(image_size=size), (lo, hi)
+        raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high <= 1; got "
+                         f"{scale!r}.")
+    return lo, hi
+
+
+def _local_converter(view, converter):
+    """(local converter, local_crop_scale) of the SILC "local" view; checks the
+    teacher view's arguments too."""
+    check_positive_int("num_local_crops", view.num_local_crops)
+    size = view.local_crop_size
+    if size is None:
+        size = augment.silc_local_size(converter.image_size, view.patch_size or 16)
+    if view.teacher_crop_scale is not None:
+        _crop_scale("teacher_crop_scale", view.teacher_crop_scale)
+        check_fraction("teacher_jitter_probability", view.teacher_jitter_probability)
+        check_fraction("teacher_grayscale_probability", view.teacher_grayscale_probability)
+        jitter = view.teacher_color_jitter
+        if jitter is not None and (len(tuple(jitter)) != 4 or not all(
+                0 <= float(x) for x in jitter) or float(tuple(jitter)[3]) > 0.5):
+            raise ValueError("`teacher_color_jitter` must be None or 4 strengths (brightness, "
+                             f"contrast, saturation >= 0, hue in [0, 0.5]); got {jitter!r}.")
+    return (SigLIP2ImageConverter(image_size=size),
+            _crop_scale("local_crop_scale", view.local_crop_scale))
 
 
 def _num_patches(view, converter):
@@ -107,13 +127,16 @@ class _Plan:
     """The checked arguments of one `image_text_dataset` call and the components they
     make (converters, views, language buckets)."""
 
-    def __init__(self, config, batch_size, preprocessor, tokenizer, filter_fn):
+    def __init__(self, config, batch_size, preprocessor, tokenizer, filter_fn,
+                 balancing=None, balancing_fit_examples=100_000):
         self.config = config
         self.batch_size = check_positive_int("batch_size", batch_size)
         views = _check_views(config.views.views)
         (self.num_epochs, self.seed, self.start_batch, self.shuffle_buffer, self.extra_fields,
          self.num_hosts, self.host_index) = _check_read(config.read, filter_fn)
         self.filter_fn = filter_fn
+        self.balancing = None if balancing is None else BalancingStage(
+            balancing, balancing_fit_examples)
         self.weights = _check_language_weights(config.mixture.language_weights)
         if not isinstance(config.mixture.default_language, str):
             raise TypeError("`default_language` must be a str; got "
@@ -138,13 +161,19 @@ class _Plan:
         self.bucket_names = ("all",) if self.weights is None else tuple(self.weights)
 
     def views_fn(self):
-        view = self.config.views
-        return _Views(self.views, self.converter, self.local_converter, view.num_local_crops,
-                      self.local_crop_scale, self.num_patches, view.mask_ratio, self.seed,
-                      self.naflex)
+        return _Views(self.views, self.converter, self.local_converter, self.num_patches,
+                      self.seed, self.naflex, self.config.views, self.local_crop_scale)
 
 
 # --------------------------------------------------------------------------- stages
+def _has_region(element):
+    """Whether a decoded example has a box with a non-empty box caption (LocCa ARef /
+    GCap can train on it)."""
+    texts = tf.strings.strip(element["box_texts"])
+    n = tf.minimum(tf.shape(element["boxes"])[0], tf.shape(texts)[0])
+    return tf.reduce_any(tf.strings.length(texts[:n]) > 0)
+
+
 def _after_decode(report, strict):
     """Counts each decoded element (the end-of-epoch marker prints the report) and
     marks what to keep."""
@@ -154,10 +183,14 @@ def _after_decode(report, strict):
         code = tf.where(marker, 0, status)
         deps = [_strict_assert(code, element)] if strict else []
         deps.append(report.count(code))
+        deps.append(report.note_bad(code, element["source"], element["record"]))
         deps.append(tf.cond(marker, lambda: report.end_epoch(element["bucket"]),
                             lambda: tf.constant(0, tf.int64)))
         ok = tf.logical_and(tf.logical_not(marker), code == 0)
         deps.append(tf.cond(ok, report.count_delivered, lambda: tf.identity(report.delivered)))
+        deps.append(tf.cond(tf.logical_and(ok, _has_region(element)),
+                            lambda: report.count_regions(True),
+                            lambda: tf.identity(report.with_regions)))
         with tf.control_dependencies(deps):
             return {**element, "keep": tf.identity(ok)}
 
@@ -170,7 +203,8 @@ def _finish_fn(plan):
     wanted = set(plan.extra_fields)
 
     def finish(index, element):
-        out = {k: element[k] for k in ("images", "local_images", "tips_mask") if k in element}
+        out = {k: element[k] for k in ("images", "local_images", "teacher_images",
+                                                 "tips_mask") if k in element}
         if plan.naflex:
             choice = tf.random.stateless_uniform(
                 [], seed=tf.stack([tf.cast(plan.seed, tf.int64) + 104729,
@@ -241,12 +275,17 @@ def _build(path_or_pattern, plan):
     report = DataReport(plan.bucket_names)
     source = open_source(path_or_pattern, format=read.format, num_hosts=plan.num_hosts,
                          host_index=plan.host_index, strict=read.strict, report=report)
-    stream = record_stream(
-        source, report, language_weights=plan.weights, default_language=plan.default_language,
-        filter_fn=plan.filter_fn, seed=plan.seed, shuffle=read.shuffle,
-        shuffle_buffer=plan.shuffle_buffer, num_epochs=plan.num_epochs, strict=read.strict,
-        num_parallel_calls=read.num_parallel_calls,
-    )
+    common = dict(language_weights=plan.weights, default_language=plan.default_language,
+                  filter_fn=plan.filter_fn, seed=plan.seed,
+                  num_parallel_calls=read.num_parallel_calls)
+    stage = plan.balancing
+    if stage is not None:
+        # An unfitted balancer is fitted on one unshuffled pass (a report of its own).
+        fit_balancer(stage, record_stream(source, DataReport(plan.bucket_names), shuffle=False,
+                                          num_epochs=1, **common))
+    stream = record_stream(source, report, shuffle=read.shuffle,
+                           shuffle_buffer=plan.shuffle_buffer, num_epochs=plan.num_epochs,
+                           strict=read.strict, balancing=stage, **common)
     start = plan.start_batch * plan.batch_size
     if start:
         stream = stream.filter(graph_fn(
@@ -267,11 +306,13 @@ def _build(path_or_pattern, plan):
         deterministic=True)
     stream = _with_options(stream.prefetch(tf.data.AUTOTUNE))
     stream.report, stream.source, stream.config = report, source, plan.config
+    stream.info = DatasetInfo(plan.config, report, source, stage)
     return stream
 
 
 def image_text_dataset(path_or_pattern, preprocessor=None, *, batch_size, tokenizer=None,
-                       filter_fn=None, config=None, **keywords):
+                       filter_fn=None, balancing=None, balancing_fit_examples=100_000,
+                       config=None, **keywords):
     """A `tf.data.Dataset` of training batches (dicts) read from image-text files.
 
     Args:
@@ -284,66 +325,42 @@ def image_text_dataset(path_or_pattern, preprocessor=None, *, batch_size, tokeni
         batch_size: int, examples per batch on this host.
         tokenizer: a `SigLIP2Tokenizer` (instead of, or overriding, the preprocessor's).
             Without any tokenizer the raw captions are returned under "texts".
-        image_size: int or (height, width), the model resolution (when no preprocessor
-            gives it).
-        views: any of "image" (the image at the model resolution: "images", or NaFlex
-            patches with a NaFlex converter), "local" (SILC local crops:
-            "local_images" (B, num_local_crops, h, w, 3)), "masked" (TIPS:
-            "tips_mask" (B, N) int32, 1 = masked) and "naflex" (NaFlex patches:
-            "pixel_patches", "patch_positions", "patch_mask", with the sequence length
-            drawn per batch from `naflex_sequence_lengths`).
-        num_local_crops, local_crop_size, local_crop_scale: SILC crops: count (8, as
-            SILC), side (default: the model resolution, which the pretrainer expects;
-            smaller crops are resized in the train step), area fraction range
-            ((0.05, 0.4) as SILC / DINO).
-        mask_ratio, patch_size: TIPS mask: fraction of masked patches (0.5 as the
-            paper) over the (H / patch_size) x (W / patch_size) patch grid.
-        naflex_sequence_lengths: the sequence lengths a NaFlex batch draws from.
-        locca: bool, add the LocCa decoder targets
-            (`training.data.locca_targets.make_locca_targets`) built from captions and
-            boxes; `locca_options`: dict of extra keyword arguments for it.
-        language_weights: None (no mixture: every example, in the data's proportions)
-            or a dict {language: weight}, e.g. `PAPER_LANGUAGE_WEIGHTS` = {"en": 0.9,
-            "other": 0.1}: examples are drawn from per-language streams with these
-            probabilities; "other" takes every language not named; languages neither
-            named nor covered by "other" are dropped (counted as language_excluded).
-            Languages compare by primary subtag ("en-US" is "en").
-        default_language: language of records without one (e.g. "en" for an English
-            CSV).
         filter_fn: a de-biasing (or any) filter: a function of an example dict of
             scalar tensors ("text", "language", "boxes", "box_texts", "source",
             "record") built from tf ops, returning a scalar bool tensor (keep?), a dict of
             rewritten fields ("text", "language", "boxes", "box_texts") or (keep, dict).
             See `filters.GenderedTermRebalancer`.
-        seed: int; order, crops, masks and NaFlex lengths are functions of it.
-        shuffle, shuffle_buffer: shuffle shard order, rows and records (buffer of
-            encoded records for shard formats; CSV / JSONL rows are fully permuted).
-        num_epochs: None (repeat forever) or an int.
-        num_hosts, host_index: this host's share of the data (shard files, or records
-            when there are fewer files than hosts); default from `jax.process_count()` /
-            `jax.process_index()` on JAX, else (1, 0).
-        start_batch: int, resume after this many batches (see the module docstring).
-        strict: False: bad examples are skipped and counted in `dataset.report`; True:
-            the first bad example raises (tf.errors.InvalidArgumentError from the
-            iterator, naming the shard, the record and the reason); a missing shard
-            raises FileNotFoundError at once.
-        format: "tfrecord", "webdataset", "csv", "jsonl" or None (from file names).
-        extra_fields: any of `EXTRA_FIELDS` to include ("texts", "boxes" (B, max, 4) +
-            "num_boxes", "box_texts", "language", "source", "record"), for inspection.
-        drop_remainder: bool, drop a last partial batch (True: every batch has
-            `batch_size` examples, as a jitted train step wants).
-
-        num_parallel_calls: parallelism of the decoding and view maps.
-        config: a `config.DataConfig` (or its `to_dict()` form) holding any of the
-            arguments above (sections `read`, `views`, `locca`, `mixture`); keyword
-            arguments given as well override its fields. `dataset.config` is the
-            resulting `DataConfig`.
+        balancing: None or a `balancing.MomentMatchingBalancer` (M4 de-biasing, paper
+            sec. 2), run after `filter_fn`; annotations from its `annotator` or the
+            records' "attributes" / "proxies" columns; an unfitted balancer is fitted
+            on the first `balancing_fit_examples` usable records (`balance_stage.py`).
+        config: a `config.DataConfig` (or its `to_dict()` form); the keyword arguments
+            below override its fields.
+        **keywords: the flat arguments of each section (documented on its dataclass):
+            `config.ReadConfig`: format, seed, shuffle, shuffle_buffer, num_epochs,
+            num_hosts, host_index, start_batch (resume after this many batches, see
+            the module docstring of `pipeline.py`), strict, extra_fields (any of
+            `EXTRA_FIELDS`), drop_remainder, num_parallel_calls;
+            `config.ViewConfig`: views, image_size, num_local_crops, local_crop_size,
+            local_crop_scale, teacher_crop_scale, teacher_flip, teacher_color_jitter,
+            teacher_jitter_probability, teacher_grayscale_probability, mask_ratio,
+            patch_size, naflex_sequence_lengths;
+            `config.LocCaConfig`: locca (its `enabled`), locca_options (a dict of its
+            other fields: num_bins, sequence_length, task_weights, tasks);
+            `config.MixtureConfig`: language_weights, default_language.
 
     Returns:
-        a `tf.data.Dataset` of dicts; `dataset.report` is its `DataReport`,
-        `dataset.source` its `readers.Source`, `dataset.config` its `DataConfig`.
+        a `tf.data.Dataset` of dicts: "images" (B, H, W, 3) or the NaFlex
+        "pixel_patches" / "patch_positions" / "patch_mask"; "token_ids" (B, L) (or
+        "texts"); with "local": "local_images" (B, V, h, w, 3) and "teacher_images"
+        (B, H, W, 3); with "masked": "tips_mask" (B, N); with LocCa:
+        "decoder_token_ids" / "decoder_targets" / "decoder_weights" /
+        "decoder_prefix_mask" (B, 3, L) and "locca_regions" (B,); the `extra_fields`.
+        `dataset.info` is its `info.DatasetInfo` (config, report, LocCa tasks active,
+        balancing statistics); `dataset.report` its `DataReport`, `dataset.source`
+        its `readers.Source`, `dataset.config` its `DataConfig`.
     """
-
     config = DataConfig.from_keywords(config, **keywords)
-    plan = _Plan(config, batch_size, preprocessor, tokenizer, filter_fn)
+    plan = _Plan(config, batch_size, preprocessor, tokenizer, filter_fn, balancing,
+                 balancing_fit_examples)
     return _build(path_or_pattern, plan)

@@ -110,6 +110,8 @@ class TFRecordSource(_ShardedSource):
         "boxes": tf.io.VarLenFeature(tf.float32),
         "box_texts": tf.io.VarLenFeature(tf.string),
         "language": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "attributes": tf.io.VarLenFeature(tf.float32),
+        "proxies": tf.io.VarLenFeature(tf.float32),
     }
 
     def __init__(self, files, missing=(), num_hosts=1, host_index=0):
@@ -129,6 +131,8 @@ class TFRecordSource(_ShardedSource):
                 image=example["image/encoded"], text=example["text"], boxes=boxes,
                 box_texts=tf.sparse.to_dense(example["box_texts"]),
                 language=example["language"], source=path, record=index, status=status,
+                attributes=tf.sparse.to_dense(example["attributes"]),
+                proxies=tf.sparse.to_dense(example["proxies"]),
             ), tf.cast(tf.strings.length(record), tf.int64) + 16
 
         def unparsable(element):
@@ -245,21 +249,17 @@ class TableSource(Source):
             "status": tf.constant([r["status"] for r in rows], tf.int32),
         }
         self.row_languages = self._columns["language"]
-        self._boxes = tf.RaggedTensor.from_row_lengths(
-            tf.constant(np.asarray([b for r in rows for b in r["boxes"]], np.float32).reshape(-1, 4)),
-            tf.constant([len(r["boxes"]) for r in rows], tf.int64),
-        )
-        self._box_texts = tf.RaggedTensor.from_row_lengths(
-            tf.constant([t for r in rows for t in r["box_texts"]], tf.string, shape=[
-                sum(len(r["box_texts"]) for r in rows)]),
-            tf.constant([len(r["box_texts"]) for r in rows], tf.int64),
-        )
+        self._ragged = {
+            "boxes": _ragged(rows, "boxes", tf.float32, (4,)),
+            "box_texts": _ragged(rows, "box_texts", tf.string),
+            "attributes": _ragged(rows, "attributes", tf.float32),
+            "proxies": _ragged(rows, "proxies", tf.float32),
+        }
 
     def _rows(self, indices):
         """Raw records of a batch of row indices (vectorized; unbatched afterwards)."""
         out = {k: tf.gather(v, indices) for k, v in self._columns.items()}
-        out["boxes"] = tf.gather(self._boxes, indices)
-        out["box_texts"] = tf.gather(self._box_texts, indices)
+        out.update({k: tf.gather(v, indices) for k, v in self._ragged.items()})
         out["image"] = tf.fill(tf.shape(indices), "")
         return {k: out[k] for k in RAW_SPEC}
 
@@ -277,8 +277,23 @@ class TableSource(Source):
         )
 
 
+def _ragged(rows, key, dtype, inner=()):
+    """The variable-length column `key` of table rows as a RaggedTensor."""
+    values = [v for r in rows for v in r[key]]
+    if dtype == tf.string:
+        flat = tf.constant(values, tf.string, shape=[len(values)])
+    else:
+        flat = tf.constant(np.asarray(values, np.float32).reshape((-1,) + inner))
+    return tf.RaggedTensor.from_row_lengths(flat, tf.constant([len(r[key]) for r in rows],
+                                                             tf.int64))
+
+
 def _dense_record(raw):
     return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in raw.items()}
+
+
+# CSV columns holding JSON (boxes, box texts, M4 annotations): see `sources.py`.
+JSON_COLUMNS = ("boxes", "box_texts", "attributes", "proxies")
 
 
 def _read_table(path, format):
@@ -290,39 +305,68 @@ def _read_table(path, format):
     text = data.decode("utf-8", "surrogateescape")
     if text.startswith("\ufeff"):
         text = text[1:]
-    rows = []
 
-    def row(record, image_path=b"", caption=b"", language=b"", boxes=(), box_texts=(), status=0):
+    def row(record, image_path=b"", caption=b"", language=b"", boxes=(), box_texts=(),
+            status=0, attributes=(), proxies=()):
         if image_path:
             image_path = _join(folder, image_path).encode("utf-8", "surrogateescape")
         return {"image_path": image_path, "text": caption, "language": language,
                 "boxes": list(boxes), "box_texts": list(box_texts), "source": path.encode(),
-                "record": record, "status": status}
+                "record": record, "status": status, "attributes": list(attributes),
+                "proxies": list(proxies)}
 
     if format == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                fields = _parse_json_fields(obj)
-                image_path = obj.get("image_path", obj.get("image"))
-                if not isinstance(image_path, str):
-                    raise TypeError("image_path is not a string")
-            except (ValueError, TypeError) as e:
-                del e
-                rows.append(row(number, status=CODES["unreadable_record"]))
-                continue
-            rows.append(row(number, image_path, fields.get("caption", b""),
-                            fields.get("language", b""), fields.get("boxes", ()),
-                            fields.get("box_texts", ()), fields.get("status", 0)))
-        return rows
+        return _read_jsonl(text, row)
+    return _read_csv(path, text, row)
 
+
+def _read_jsonl(text, row):
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            fields = _parse_json_fields(obj)
+            image_path = obj.get("image_path", obj.get("image"))
+            if not isinstance(image_path, str):
+                raise TypeError("image_path is not a string")
+        except (ValueError, TypeError) as e:
+            del e
+            rows.append(row(number, status=CODES["unreadable_record"]))
+            continue
+        caption = fields.pop("caption", b"")
+        rows.append(row(number, image_path, caption, **fields))
+    return rows
+
+
+def _json_cells(fields, columns):
+    """The JSON columns of one CSV row parsed like a JSON record's keys; a cell that is
+    not JSON of the right type gives status bad_boxes (for boxes / box_texts) or
+    unreadable_record (annotations)."""
+    obj = {}
+    for name, i in columns.items():
+        cell = fields[i].strip() if i < len(fields) else ""
+        if not cell:
+            continue
+        try:
+            obj[name] = json.loads(cell)
+        except ValueError:
+            return {"status": CODES["bad_boxes" if name.startswith("box") else
+                                    "unreadable_record"]}
+    try:
+        return _parse_json_fields(obj)
+    except (ValueError, TypeError):
+        bad_boxes = set(obj) & {"boxes", "box_texts"}
+        return {"status": CODES["bad_boxes" if bad_boxes else "unreadable_record"]}
+
+
+def _read_csv(path, text, row):
     dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
     reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect)
     header = next(reader, None)
     if header is None:
-        return rows
+        return []
     names = [h.strip().lower() for h in header]
     path_col = next((names.index(n) for n in ("image_path", "image", "filepath", "path")
                      if n in names), None)
@@ -331,22 +375,26 @@ def _read_table(path, format):
     if path_col is None or caption_col is None:
         raise ValueError(
             f"CSV file {path!r} must start with a header naming the columns `image_path` "
-            f"and `caption` (optional `language`); got header {header!r}."
+            f"and `caption` (optional `language`, `boxes`, `box_texts`); got header "
+            f"{header!r}."
         )
     language_col = names.index("language") if "language" in names else None
+    json_columns = {n: names.index(n) for n in JSON_COLUMNS if n in names}
+    rows = []
     for number, fields in enumerate(reader, start=1):
         if not fields:
             continue
         if len(fields) <= max(path_col, caption_col):
             rows.append(row(number, status=CODES["unreadable_record"]))
             continue
-
-        def raw(i):
-            return fields[i].encode("utf-8", "surrogateescape")
-
-        language = raw(language_col).strip() if language_col is not None and language_col < len(
-            fields) else b""
-        rows.append(row(number, fields[path_col].strip(), raw(caption_col), language))
+        language = (fields[language_col].encode("utf-8", "surrogateescape").strip()
+                    if language_col is not None and language_col < len(fields) else b"")
+        extras = _json_cells(fields, json_columns)
+        extras.pop("caption", None)
+        extras.pop("language", None)
+        rows.append(row(number, fields[path_col].strip(),
+                        fields[caption_col].encode("utf-8", "surrogateescape"), language,
+                        **extras))
     return rows
 
 

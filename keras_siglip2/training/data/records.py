@@ -22,11 +22,16 @@ RAW_SPEC = {
     "source": tf.TensorSpec([], tf.string),  # shard / file the record came from
     "record": tf.TensorSpec([], tf.int64),  # index in that shard (row number for tables)
     "status": tf.TensorSpec([], tf.int32),  # 0 or a report reason code
+    # M4 balancing annotations (`balancing.py`): 0/1 per sensitive attribute / proxy
+    # concept, empty when the record has none.
+    "attributes": tf.TensorSpec([None], tf.float32),
+    "proxies": tf.TensorSpec([None], tf.float32),
 }
+ANNOTATION_KEYS = ("attributes", "proxies")
 
 
 def _raw(image=b"", image_path=b"", text=b"", boxes=None, box_texts=None, language=b"",
-         source=b"", record=0, status=0):
+         source=b"", record=0, status=0, attributes=None, proxies=None):
     """A raw record as eager tensors / Python values (for generators and markers)."""
     return {
         "image": image,
@@ -38,6 +43,8 @@ def _raw(image=b"", image_path=b"", text=b"", boxes=None, box_texts=None, langua
         "source": source,
         "record": np.int64(record),
         "status": np.int32(status),
+        "attributes": np.zeros((0,), np.float32) if attributes is None else attributes,
+        "proxies": np.zeros((0,), np.float32) if proxies is None else proxies,
     }
 
 
@@ -50,8 +57,8 @@ def _raw_tensors(**kwargs):
                 tf.convert_to_tensor(kwargs[key], tf.string))
         elif key == "boxes":
             out[key] = tf.zeros([0, 4], tf.float32)
-        elif key == "box_texts":
-            out[key] = tf.zeros([0], tf.string)
+        elif key in ("box_texts",) + ANNOTATION_KEYS:
+            out[key] = tf.zeros([0], spec.dtype)
         else:
             out[key] = tf.zeros([], spec.dtype)
     return out
@@ -126,8 +133,8 @@ def shuffled(dataset, buffer_size, seed):
 
 
 def _parse_json_fields(obj):
-    """caption / boxes / box_texts / language of a JSON object (WebDataset .json member
-    or JSONL row). Raises ValueError / TypeError if a field has the wrong type."""
+    """caption / boxes / box_texts / language / attributes / proxies of a JSON object
+    (WebDataset .json member, JSONL row, or the JSON cells of a CSV row). Raises ValueError / TypeError if a field has the wrong type."""
     if not isinstance(obj, dict):
         raise TypeError("not a JSON object")
     out = {}
@@ -151,5 +158,12 @@ def _parse_json_fields(obj):
                                     dtype=object)
     if obj.get("language") is not None:
         out["language"] = str(obj["language"]).encode()
+    for key in ANNOTATION_KEYS:
+        if obj.get(key) is not None:
+            values = obj[key]
+            if not isinstance(values, list) or not all(isinstance(v, (int, float))
+                                                       for v in values):
+                raise TypeError(f"{key} is not a list of 0/1 numbers")
+            out[key] = np.asarray(values, np.float32).reshape(-1)
     out["status"] = status
     return out

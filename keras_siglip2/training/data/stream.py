@@ -20,7 +20,7 @@ class _Buckets:
     """The stream of one language bucket (`bucket_names[b]`)."""
 
     def __init__(self, source, report, weights, bucket_names, default_language, filter_fn,
-                 seed, shuffle, shuffle_buffer, num_epochs, strict):
+                 seed, shuffle, shuffle_buffer, num_epochs, strict, balancing=None):
         self.source = source
         self.report = report
         self.weights = weights
@@ -32,6 +32,7 @@ class _Buckets:
         self.shuffle_buffer = shuffle_buffer
         self.num_epochs = num_epochs
         self.strict = strict
+        self.balancing = balancing
         self.rows = self._bucket_rows()
 
     def _bucket_rows(self):
@@ -86,9 +87,15 @@ class _Buckets:
         with tf.control_dependencies(deps):
             code = tf.identity(code)
         report.count(code)
+        report.note_bad(code, raw["source"], raw["record"])
         keep = tf.logical_and(tf.logical_and(mine, tf.logical_not(marker)), code == 0)
         if self.filter_fn is not None:
             keep, raw = self._filtered(keep, raw)
+        if self.balancing is not None:
+            kept = tf.cond(keep, lambda: self.balancing.keep(raw), lambda: tf.constant(False))
+            report.count(tf.where(tf.logical_and(keep, tf.logical_not(kept)),
+                                  CODES["balanced"], 0))
+            keep = kept
         usable = tf.cond(keep, lambda: report.count_usable(b),
                          lambda: tf.identity(report.epoch_usable))
         with tf.control_dependencies([usable]):
@@ -152,19 +159,22 @@ def _numbered(count, raw):
 
 def record_stream(source, report, *, language_weights=None, default_language="",
                   filter_fn=None, seed=0, shuffle=True, shuffle_buffer=10_000,
-                  num_epochs=None, strict=False, num_parallel_calls=tf.data.AUTOTUNE):
+                  num_epochs=None, strict=False, num_parallel_calls=tf.data.AUTOTUNE,
+                  balancing=None):
     """Stages 1-2 of `image_text_dataset` (see the module docstring): the checked,
     filtered, language-mixed raw records of `source` (not decoded), each with its
     "bucket" (index in `report.buckets`) and "position" (count of records before it),
     plus the end-of-epoch markers (status `END_OF_EPOCH`). Bad records are counted in
     `report` (a `DataReport` whose buckets are the keys of `language_weights`, or
-    ("all",)). Cheap: use it to inspect what a pipeline would read."""
+    ("all",)). `balancing`: a `balance_stage.BalancingStage` (fitted) run after
+    `filter_fn`. Cheap: use it to inspect what a pipeline would read."""
     weights = _check_language_weights(language_weights)
     bucket_names = ("all",) if weights is None else tuple(weights)
     if tuple(report.buckets) != bucket_names:
         raise ValueError(f"`report` has buckets {report.buckets}; expected {bucket_names}.")
     buckets = _Buckets(source, report, weights, bucket_names, default_language.strip().lower(),
-                       filter_fn, seed, shuffle, shuffle_buffer, num_epochs, strict)
+                       filter_fn, seed, shuffle, shuffle_buffer, num_epochs, strict,
+                       balancing)
     streams = [buckets.stream(b, num_parallel_calls) for b in range(len(bucket_names))]
     stream = _mixed(streams, weights, bucket_names, seed)
     return stream.scan(tf.constant(0, tf.int64), graph_fn(_numbered))

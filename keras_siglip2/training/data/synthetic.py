@@ -346,6 +346,7 @@ def synthetic_dataset(
     repeat=True,
     shuffle=True,
     examples=None,
+    locca_tasks="all",
 ):
     """A `tf.data.Dataset` of pretrainer batches of synthetic examples.
 
@@ -359,8 +360,10 @@ def synthetic_dataset(
         num_local_views: int, SILC local crops per image ("local_images"); 0 for none.
         local_crop_scale: area fraction range of the local crops.
         locca: bool, add the LocCa fields ("decoder_token_ids", "decoder_targets",
-            "decoder_weights", "decoder_prefix_mask"): one task per example drawn
-            uniformly among captioning / ARef / GCap on one random shape's box.
+            "decoder_weights", "decoder_prefix_mask"), with `locca_tasks="all"`
+            the three tasks captioning / ARef / GCap of every example on one random
+            shape's box, (B, 3, L) (`locca_fields.locca_batch_fields`); "sampled":
+            one task per example drawn uniformly, (B, L) (the demo before issue 17).
         num_bins: int, LocCa location bins (the decoder vocabulary is the tokenizer's
             plus `num_bins`, as `locca_decoder_for(..., num_location_bins=num_bins)`).
         repeat, shuffle: repeat forever / reshuffle every pass (seeded).
@@ -406,7 +409,7 @@ def synthetic_dataset(
     ds = ds.enumerate().map(per_example, num_parallel_calls=tf.data.AUTOTUNE,
                             deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
-    per_batch = _per_batch_fn(base_seed, tokenizer, locca, num_bins)
+    per_batch = _per_batch_fn(base_seed, tokenizer, locca, num_bins, locca_tasks)
     ds = ds.enumerate().map(per_batch, num_parallel_calls=1, deterministic=True)
     return ds.prefetch(2)
 
@@ -432,7 +435,7 @@ def _per_example_fn(base_seed, num_local_views, size, local_crop_scale):
     return per_example
 
 
-def _per_batch_fn(base_seed, tokenizer, locca, num_bins):
+def _per_batch_fn(base_seed, tokenizer, locca, num_bins, locca_tasks):
     """Token ids and LocCa fields of one synthetic batch."""
     import tensorflow as tf  # lazy: see `synthetic_dataset`
 
@@ -446,9 +449,10 @@ def _per_batch_fn(base_seed, tokenizer, locca, num_bins):
         if locca:
             fields = locca_batch_fields(
                 {**batch, "token_ids": out["token_ids"]}, tokenizer,
-                fold_seed(base_seed, -1 - index), num_bins=num_bins,
+                fold_seed(base_seed, -1 - index), num_bins=num_bins, tasks=locca_tasks,
             )
             fields.pop("locca_task", None)
+            fields.pop("locca_regions", None)
             out.update(fields)
         return out
 

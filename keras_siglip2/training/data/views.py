@@ -31,17 +31,42 @@ def _check_views(views):
 class _Views:
     """Decodes one record and computes the requested views (stage 4)."""
 
-    def __init__(self, views, converter, local_converter, num_local_crops, local_crop_scale,
-                 num_patches, mask_ratio, seed, naflex):
+    def __init__(self, views, converter, local_converter, num_patches, seed, naflex,
+                 view_config, local_crop_scale):
         self.views = views
         self.converter = converter
         self.local_converter = local_converter
-        self.num_local_crops = num_local_crops
+        self.num_local_crops = view_config.num_local_crops
         self.local_crop_scale = local_crop_scale
         self.num_patches = num_patches
-        self.mask_ratio = mask_ratio
+        self.mask_ratio = view_config.mask_ratio
         self.seed = seed
         self.naflex = naflex
+        self.config = view_config
+        # The SILC teacher's augmented global view comes with the local crops.
+        self.teacher = "local" in views and view_config.teacher_crop_scale is not None
+
+    def _local(self, image, seed, compute):
+        size = tuple(self.local_converter.image_size)
+        if not compute:
+            return tf.zeros((self.num_local_crops,) + size + (3,), tf.float32)
+        crops = augment.local_crops(image, augment.fold_seed(seed, 1),
+                                    self.num_local_crops, size, self.local_crop_scale)
+        # The converter's [0, 255] -> [-1, 1] map (its resize is not needed).
+        return tf.cast(crops * self.local_converter.scale + self.local_converter.offset,
+                       tf.float32)
+
+    def _teacher(self, image, seed, compute):
+        size = tuple(self.converter.image_size)
+        if not compute:
+            return tf.zeros(size + (3,), tf.float32)
+        c = self.config
+        view = augment.teacher_view(
+            image, augment.fold_seed(seed, 3), size, tuple(c.teacher_crop_scale),
+            flip=c.teacher_flip, jitter=c.teacher_color_jitter,
+            jitter_probability=c.teacher_jitter_probability,
+            grayscale_probability=c.teacher_grayscale_probability)
+        return tf.cast(view * self.converter.scale + self.converter.offset, tf.float32)
 
     def _outputs(self, raw, image, status, position, compute=True):
         """The element after decoding; `compute=False` (a failed decode) fills the views
@@ -58,15 +83,9 @@ class _Views:
                 tf.cast(self.converter(image), tf.float32), shape
             ) if compute else tf.zeros(shape, tf.float32)
         if "local" in self.views:
-            size = tuple(self.local_converter.image_size)
-            if compute:
-                crops = augment.local_crops(image, augment.fold_seed(seed, 1),
-                                            self.num_local_crops, size, self.local_crop_scale)
-                # The converter's [0, 255] -> [-1, 1] map (its resize is not needed).
-                crops = crops * self.local_converter.scale + self.local_converter.offset
-            else:
-                crops = tf.zeros((self.num_local_crops,) + size + (3,), tf.float32)
-            out["local_images"] = tf.cast(crops, tf.float32)
+            out["local_images"] = self._local(image, seed, compute)
+        if self.teacher:
+            out["teacher_images"] = self._teacher(image, seed, compute)
         if "masked" in self.views:
             out["tips_mask"] = augment.tips_mask(
                 augment.fold_seed(seed, 2), self.num_patches, self.mask_ratio

@@ -43,6 +43,19 @@ def _example_fields(example):
     return image, caption, boxes, box_texts, language
 
 
+def _annotations(example):
+    """{"attributes": [...], "proxies": [...]} (M4 annotations) of a dict example, only
+    the keys it has."""
+    if not isinstance(example, dict):
+        return {}
+    return {k: [float(v) for v in np.asarray(example[k]).reshape(-1)]
+            for k in ("attributes", "proxies") if example.get(k) is not None}
+
+
+def _text(value):
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _as_bytes(value):
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
@@ -121,6 +134,8 @@ def write_tfrecord_shards(path, examples, num_shards=1, image_format="png"):
                     feature["box_texts"] = _bytes_feature([_as_bytes(t) for t in box_texts])
                 if language is not None:
                     feature["language"] = _bytes_feature([_as_bytes(language)])
+                for key, values in _annotations(example).items():
+                    feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
                 proto = tf.train.Example(features=tf.train.Features(feature=feature))
                 writer.write(proto.SerializeToString())
     return names
@@ -144,12 +159,12 @@ def write_webdataset_shards(path, examples, num_shards=1, image_format="png"):
                 key = f"{count:09d}"
                 count += 1
                 members = {_image_extension(data): data, "txt": _as_bytes(caption)}
-                if boxes.size or box_texts or language is not None:
-                    meta = {"boxes": boxes.tolist(), "box_texts": [
-                        t.decode("utf-8", "surrogateescape") if isinstance(t, bytes) else t
-                        for t in box_texts]}
+                annotations = _annotations(example)
+                if boxes.size or box_texts or language is not None or annotations:
+                    meta = {"boxes": boxes.tolist(), "box_texts": [_text(t) for t in box_texts],
+                            **annotations}
                     if language is not None:
-                        meta["language"] = language.decode() if isinstance(language, bytes) else language
+                        meta["language"] = _text(language)
                     members["json"] = json.dumps(meta).encode()
                 for ext, payload in members.items():
                     info = tarfile.TarInfo(f"{key}.{ext}")
@@ -160,11 +175,14 @@ def write_webdataset_shards(path, examples, num_shards=1, image_format="png"):
 
 def write_csv(path, examples, image_dir=None, image_format="png"):
     """Writes each example's image to `image_dir` (default: an `images` folder beside
-    `path`) and a CSV (`image_path,caption[,language]`) or, for a `.jsonl` path, JSONL
-    rows (with boxes / box_texts / language) whose image paths are relative to the
-    file. Returns `path`."""
+    `path`) and a CSV or, for a `.jsonl` path, JSONL rows whose image paths are relative
+    to the file. Returns `path`.
+
+    CSV columns: `image_path`, `caption`, then, when any example has them, `language`,
+    `boxes` and `box_texts` (each a JSON array in the cell: `[[ymin, xmin, ymax,
+    xmax], ...]` and `["box caption", ...]`) and the M4 annotations `attributes` /
+    `proxies` (JSON arrays of 0/1); JSONL rows carry the same keys."""
     path = os.fspath(path)
-    jsonl = path.lower().endswith(".jsonl")
     folder = _dirname(path)
     image_dir = _join(folder, "images") if image_dir is None else os.fspath(image_dir)
     tf.io.gfile.makedirs(image_dir)
@@ -175,26 +193,33 @@ def write_csv(path, examples, image_dir=None, image_format="png"):
         image_path = _join(image_dir, f"{i:09d}.{_image_extension(data)}")
         with tf.io.gfile.GFile(image_path, "wb") as f:
             f.write(data)
-        relative = image_path if _is_url(image_path) else os.path.relpath(image_path, folder)
-        caption = caption.decode("utf-8", "surrogateescape") if isinstance(caption, bytes) else caption
-        rows.append((relative, caption, boxes, box_texts, language))
-    buffer = io.StringIO(newline="")
-    if jsonl:
-        for relative, caption, boxes, box_texts, language in rows:
-            obj = {"image_path": relative, "caption": caption}
-            if boxes.size or box_texts:
-                obj["boxes"] = boxes.tolist()
-                obj["box_texts"] = [t.decode() if isinstance(t, bytes) else t for t in box_texts]
-            if language is not None:
-                obj["language"] = language.decode() if isinstance(language, bytes) else language
-            buffer.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    else:
-        with_language = any(r[4] is not None for r in rows)
-        writer = csv.writer(buffer)
-        writer.writerow(["image_path", "caption"] + (["language"] if with_language else []))
-        for relative, caption, _, _, language in rows:
-            lang = language.decode() if isinstance(language, bytes) else language
-            writer.writerow([relative, caption] + ([lang or ""] if with_language else []))
+        obj = {"image_path": image_path if _is_url(image_path)
+               else os.path.relpath(image_path, folder), "caption": _text(caption)}
+        if boxes.size or box_texts:
+            obj["boxes"] = boxes.tolist()
+            obj["box_texts"] = [_text(t) for t in box_texts]
+        if language is not None:
+            obj["language"] = _text(language)
+        rows.append({**obj, **_annotations(example)})
+    text = _jsonl_text(rows) if path.lower().endswith(".jsonl") else _csv_text(rows)
     with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue().encode("utf-8", "surrogateescape"))
+        f.write(text.encode("utf-8", "surrogateescape"))
     return path
+
+
+def _jsonl_text(rows):
+    return "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in rows)
+
+
+def _csv_text(rows):
+    columns = ["image_path", "caption"] + [
+        c for c in ("language", "boxes", "box_texts", "attributes", "proxies")
+        if any(c in r for r in rows)]
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for obj in rows:
+        writer.writerow([obj.get(c, "") if c in ("image_path", "caption", "language")
+                         else (json.dumps(obj[c], ensure_ascii=False) if c in obj else "")
+                         for c in columns])
+    return buffer.getvalue()
