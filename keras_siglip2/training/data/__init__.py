@@ -3,7 +3,10 @@ pipelines, multi-view augmentation, LocCa targets, filters, M4 data balancing an
 synthetic demo data.
 
 Submodules are imported on use (they need TensorFlow): `pipeline.image_text_dataset`,
-`locca_targets.make_locca_targets`, `synthetic.synthetic_dataset`, ...
+`locca_targets.make_locca_targets`, `synthetic.synthetic_dataset`, ... One module per
+stage: files -> readers -> records / record_checks -> stream -> views -> dataset
+(config: its `DataConfig`; info: the `dataset.info` it returns); writers for the
+formats; guides/data.md documents the columns.
 """
 
 _LAZY = {
@@ -13,6 +16,8 @@ _LAZY = {
     "heldout_split": "synthetic",
     "train_tokenizer": "synthetic",
     "generate_examples": "synthetic",
+    "DataConfig": "config",
+    "DatasetInfo": "info",
     "MomentMatchingBalancer": "balancing",
     "keyword_annotator": "balancing",
 }
