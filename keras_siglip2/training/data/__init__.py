@@ -3,7 +3,10 @@ pipelines, multi-view augmentation, LocCa targets, filters, M4 data balancing an
 synthetic demo data.
 
 Submodules are imported on use (they need TensorFlow): `pipeline.image_text_dataset`,
-`locca_targets.make_locca_targets`, `synthetic.synthetic_dataset`, ...
+`locca_targets.make_locca_targets`, `synthetic.synthetic_dataset`, ... One module per
+stage: files -> readers -> records / record_checks -> stream -> views -> dataset
+(config: its `DataConfig`; info: the `dataset.info` it returns); writers for the
+formats; guides/data.md documents the columns.
 """
 
 _LAZY = {
@@ -13,6 +16,8 @@ _LAZY = {
     "heldout_split": "synthetic",
     "train_tokenizer": "synthetic",
     "generate_examples": "synthetic",
+    "DataConfig": "config",
+    "DatasetInfo": "info",
     "MomentMatchingBalancer": "balancing",
     "keyword_annotator": "balancing",
 }
@@ -20,7 +25,7 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
+        import importlib  # lazy: the submodules need TensorFlow, loaded on first use
 
         module = importlib.import_module(f"keras_siglip2.training.data.{_LAZY[name]}")
         return getattr(module, name)

@@ -3,7 +3,8 @@
 - the original image, resized to the model resolution (sigmoid loss sec. 2.1, LocCa
   sec. 2.2, and the EMA teacher's global view for SILC, sec. 2.3);
 - local crops for the SILC student (sec. 2.3; SILC / DINO random resized crops covering
-  5-40 % of the image area);
+  5-40 % of the image area) and the teacher's augmented global view (`teacher_view`:
+  a 40-100 % random resized crop, flip and DINO colour jitter);
 - the random patch mask of TIPS masked prediction (sec. 2.3: 50 % of the patches);
 - NaFlex patches (sec. 2.4.2), through `SigLIP2NaFlexImageConverter`.
 
@@ -158,3 +159,67 @@ def tips_mask(seed, num_patches, ratio=0.5):
     noise = tf.random.stateless_uniform([num_patches], seed=seed)
     ranks = tf.argsort(tf.argsort(noise))
     return tf.cast(ranks < k, tf.int32)
+
+
+# SILC / DINO teacher view (Caron et al. 2021, DINO, `DataAugmentationDINO` in
+# facebookresearch/dino main_dino.py; SILC, Naeem et al. 2023, follows it: global views
+# cover 40-100 % of the image area, local views 5-40 %, at 224 px and 96 px).
+TEACHER_CROP_SCALE = (0.4, 1.0)
+COLOR_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue (DINO)
+JITTER_PROBABILITY = 0.8
+GRAYSCALE_PROBABILITY = 0.2
+
+
+def _gray(image):
+    """Luma (ITU-R 601, as torchvision's grayscale) of float (..., 3) -> (..., 1)."""
+    return tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+
+
+def color_jitter(image, seed, strengths=COLOR_JITTER, probability=JITTER_PROBABILITY,
+                 grayscale_probability=GRAYSCALE_PROBABILITY):
+    """DINO's colour augmentation of a float (H, W, 3) image in [0, 1]: with
+    `probability`, brightness, contrast and saturation factors drawn uniformly from
+    [1 - s, 1 + s] and a hue shift from [-h, h] (`strengths` = (b, c, s, h)), applied in
+    this fixed order (torchvision draws a random order per image); then grayscale with
+    `grayscale_probability`. Stateless: a function of `seed`. Returns [0, 1] floats."""
+    b, c, s, h = (float(x) for x in strengths)
+    u = tf.random.stateless_uniform([6], seed=seed)
+    brightness = 1.0 + b * (2.0 * u[0] - 1.0)
+    contrast = 1.0 + c * (2.0 * u[1] - 1.0)
+    saturation = 1.0 + s * (2.0 * u[2] - 1.0)
+    hue = h * (2.0 * u[3] - 1.0)
+
+    def jittered():
+        x = tf.clip_by_value(image * brightness, 0.0, 1.0)
+        mean = tf.reduce_mean(_gray(x))
+        x = tf.clip_by_value((x - mean) * contrast + mean, 0.0, 1.0)
+        gray = _gray(x)
+        x = tf.clip_by_value((x - gray) * saturation + gray, 0.0, 1.0)
+        return tf.clip_by_value(tf.image.adjust_hue(x, hue), 0.0, 1.0)
+
+    image = tf.cond(u[4] < probability, jittered, lambda: image)
+    return tf.cond(u[5] < grayscale_probability,
+                   lambda: tf.repeat(_gray(image), 3, axis=-1), lambda: image)
+
+
+def teacher_view(image, seed, size, scale=TEACHER_CROP_SCALE, flip=True,
+                 jitter=COLOR_JITTER, jitter_probability=JITTER_PROBABILITY,
+                 grayscale_probability=GRAYSCALE_PROBABILITY):
+    """The SILC teacher's augmented global view of one uint8 (H, W, 3) image: a random
+    resized crop of `size` covering a `scale` fraction of the area (`crop_boxes`),
+    flipped left-right with probability 1/2 when `flip`, then `color_jitter` (None: no
+    colour change). Returns float32 (height, width, 3) in [0, 255]."""
+    crop = local_crops(image, fold_seed(seed, 0), 1, size, scale, flip=flip)[0]
+    if jitter is None:
+        return crop
+    out = color_jitter(crop / 255.0, fold_seed(seed, 1), jitter, jitter_probability,
+                       grayscale_probability)
+    return out * 255.0
+
+
+def silc_local_size(image_size, patch_size=16):
+    """The SILC / DINO local-crop side for a global side: 96/224 of it (96 px at 224 px
+    globals), rounded to a multiple of `patch_size` (at least one patch, at most the
+    global side)."""
+    return tuple(min(int(s), max(patch_size, int(round(s * 96 / 224 / patch_size)) * patch_size))
+                 for s in image_size)

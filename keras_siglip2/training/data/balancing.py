@@ -20,8 +20,10 @@ keeping everything, min sum_i (1 - w_i)^2: a convex problem, solved here by proj
 ascent on its dual. The solution depends on an example only through its constraint
 row, so w(s, y) = clip(1 - a(s, y) . mu, 0, 1) with the fitted multipliers mu applies
 to any example, also ones not seen when fitting: fit on a sample of annotations, then
-filter the stream (`__call__` is a `filter_fn` of `pipeline.image_text_dataset`, with a
-deterministic random decision per example).
+filter the stream: `image_text_dataset(balancing=balancer)` (`balance_stage.py`: fits
+an unfitted balancer on a sample of the data, filters, and reports the target and the
+achieved statistics on `dataset.info`), or `filter_fn=balancer` (`__call__`), both
+with a deterministic random decision per example.
 
 Annotations come from the records' columns or from a user function; `keyword_annotator`
 builds one from word lists over the caption (the gendered-term lists of
@@ -206,20 +208,26 @@ class MomentMatchingBalancer:
         mu = tf.constant(self.multipliers, tf.float64)
         return tf.clip_by_value(1.0 - tf.reduce_sum(row * mu), 0.0, 1.0)
 
-    def __call__(self, example):
-        """A `filter_fn`: keeps `example` with its keep probability (a deterministic
-        draw from `seed` and the example's text, source and record)."""
-        self._require_fit()
-        if self.annotator is None:
-            raise ValueError("This MomentMatchingBalancer has no `annotator`: give one "
-                             "(e.g. `keyword_annotator(...)`) to filter a pipeline.")
-        attributes, proxies = self.annotator(example)
+    def keep_decision(self, example, attributes, proxies):
+        """Scalar bool tensor: keep `example` (with these 0/1 annotations) with its keep
+        probability, by a deterministic draw from `seed` and the example's text, source
+        and record."""
         key = tf.strings.join([example["text"], "\x00", example["source"], "\x00",
                                tf.strings.as_string(example["record"])])
         hashed = tf.strings.to_hash_bucket_fast(key, 2**31 - 1)
         draw = tf.random.stateless_uniform(
             [], seed=tf.stack([tf.constant(self.seed, tf.int64), hashed]), dtype=tf.float64)
         return draw < self._keep_probability_tf(attributes, proxies)
+
+    def __call__(self, example):
+        """A `filter_fn`: keeps `example` with its keep probability (`keep_decision`;
+        the annotations from `annotator`)."""
+        self._require_fit()
+        if self.annotator is None:
+            raise ValueError("This MomentMatchingBalancer has no `annotator`: give one "
+                             "(e.g. `keyword_annotator(...)`) to filter a pipeline.")
+        attributes, proxies = self.annotator(example)
+        return self.keep_decision(example, attributes, proxies)
 
 
 def keyword_annotator(attribute_words, proxy_words):

@@ -40,6 +40,7 @@ REASONS = (
            "ymin <= ymax and xmin <= xmax, or their count differs from box_texts"),
     Reason(12, "filtered", False, "dropped by `filter_fn` (e.g. a de-biasing filter)"),
     Reason(13, "language_excluded", False, "language not in `language_weights`"),
+    Reason(14, "balanced", False, "dropped by the M4 data balancer (`balancing=`)"),
 )
 NUM_CODES = len(REASONS) + 1
 CODES = {r.name: r.code for r in REASONS}
@@ -65,6 +66,11 @@ class DataReport(tf.Module):
         epoch_usable: int64 (num_buckets,), examples of the current epoch of each bucket
             that passed the checks before decoding (an epoch with none raises: it would
             otherwise loop forever).
+        first_bad: string (NUM_CODES,), "SOURCE record N" of the first example dropped
+            under each reason ("" for none), so that a skipped bad record (e.g. boxes
+            outside [0, 1]) is named, not only counted.
+        with_regions: int64, delivered examples with at least one region (a box with
+            a non-empty box caption): the LocCa ARef / GCap tasks train on these.
     """
 
     def __init__(self, buckets=("all",), name="data_report"):
@@ -77,6 +83,8 @@ class DataReport(tf.Module):
             self.epoch_usable = tf.Variable(
                 tf.zeros([len(self.buckets)], tf.int64), trainable=False
             )
+            self.first_bad = tf.Variable(tf.fill([NUM_CODES], ""), trainable=False)
+            self.with_regions = tf.Variable(tf.constant(0, tf.int64), trainable=False)
 
     # ----------------------------------------------------------------- graph side
     def count(self, code):
@@ -86,6 +94,22 @@ class DataReport(tf.Module):
 
     def count_delivered(self):
         return self.delivered.assign_add(1)
+
+    def note_bad(self, code, source, record):
+        """Records "SOURCE record N" for reason `code` if it is the first of its reason
+        (a scalar int32 tensor; 0 notes nothing); returns the op."""
+        name = tf.strings.join([source, " record ", tf.strings.as_string(record)])
+        first = tf.logical_and(code > 0, tf.equal(self.first_bad[code], ""))
+
+        def noted():
+            with tf.control_dependencies([self.first_bad.scatter_nd_update([[code]], [name])]):
+                return tf.constant(True)
+
+        return tf.cond(first, noted, lambda: tf.constant(False))
+
+    def count_regions(self, has_region):
+        """Counts one delivered example with a region when `has_region` (scalar bool)."""
+        return self.with_regions.assign_add(tf.cast(has_region, tf.int64))
 
     def count_usable(self, bucket):
         return self.epoch_usable.assign_add(tf.one_hot(bucket, len(self.buckets), dtype=tf.int64))
@@ -136,6 +160,10 @@ class DataReport(tf.Module):
             if counts[reason.code]:
                 out["skipped" if reason.bad else "filtered"][reason.name] = int(counts[reason.code])
         out["epochs"] = dict(zip(self.buckets, (int(x) for x in self.epochs.numpy())))
+        first = self.first_bad.numpy()
+        out["first_bad"] = {r.name: first[r.code].decode("utf-8", "replace")
+                            for r in REASONS if counts[r.code] and first[r.code]}
+        out["with_regions"] = int(self.with_regions.numpy())
         return out
 
     @property
@@ -150,7 +178,10 @@ class DataReport(tf.Module):
                  + ", ".join(f"{k}={v}" for k, v in d["epochs"].items())]
         for key in ("skipped", "filtered"):
             if d[key]:
-                parts = ", ".join(f"{n} {name}" for name, n in sorted(d[key].items()))
+                parts = ", ".join(
+                    f"{n} {name}" + (f" (first: {d['first_bad'][name]})"
+                                     if name in d["first_bad"] else "")
+                    for name, n in sorted(d[key].items()))
                 lines.append(f"{sum(d[key].values())} {key}: {parts}")
             else:
                 lines.append(f"0 {key}")

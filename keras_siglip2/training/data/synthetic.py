@@ -178,7 +178,7 @@ def train_tokenizer(texts=None, vocab_size=320, model_type="bpe"):
     (<pad>=0, <eos>=1, <bos>=2, <unk>=3), trained on `texts` (default: every phrase of
     the synthetic dataset, lowercased as `SigLIP2Tokenizer` lowercases). Pass it as
     `SigLIP2Tokenizer(proto=...)`."""
-    import sentencepiece as spm
+    import sentencepiece as spm  # lazy: optional dependency, only to train a tokenizer
 
     texts = [t.lower() for t in (all_phrases() if texts is None else texts)]
     if not texts:
@@ -346,6 +346,7 @@ def synthetic_dataset(
     repeat=True,
     shuffle=True,
     examples=None,
+    locca_tasks="all",
 ):
     """A `tf.data.Dataset` of pretrainer batches of synthetic examples.
 
@@ -359,8 +360,10 @@ def synthetic_dataset(
         num_local_views: int, SILC local crops per image ("local_images"); 0 for none.
         local_crop_scale: area fraction range of the local crops.
         locca: bool, add the LocCa fields ("decoder_token_ids", "decoder_targets",
-            "decoder_weights", "decoder_prefix_mask"): one task per example drawn
-            uniformly among captioning / ARef / GCap on one random shape's box.
+            "decoder_weights", "decoder_prefix_mask"), with `locca_tasks="all"`
+            the three tasks captioning / ARef / GCap of every example on one random
+            shape's box, (B, 3, L) (`locca_fields.locca_batch_fields`); "sampled":
+            one task per example drawn uniformly, (B, L) (the demo before issue 17).
         num_bins: int, LocCa location bins (the decoder vocabulary is the tokenizer's
             plus `num_bins`, as `locca_decoder_for(..., num_location_bins=num_bins)`).
         repeat, shuffle: repeat forever / reshuffle every pass (seeded).
@@ -370,10 +373,9 @@ def synthetic_dataset(
     "local_images" (B, V, S, S, 3), the LocCa fields, and "labels" (B,) (class of the
     first shape, for inspection).
     """
-    import tensorflow as tf
-
-    from keras_siglip2.training.data.augment import fold_seed, local_crops
-    from keras_siglip2.training.data.pipeline import locca_batch_fields
+    # lazy: TensorFlow (and the modules built on it) only for the tf.data dataset;
+    # rendering the examples needs numpy alone.
+    import tensorflow as tf  # lazy: see above
 
     check_positive_int("batch_size", batch_size)
     if num_local_views < 0:
@@ -382,7 +384,6 @@ def synthetic_dataset(
         examples = generate_examples(
             num_examples, image_size, seed=seed, english_fraction=english_fraction
         )
-    size = examples["images"].shape[1]
     if examples["images"].shape[0] < batch_size:
         raise ValueError(
             f"`num_examples`={examples['images'].shape[0]} is smaller than "
@@ -403,6 +404,21 @@ def synthetic_dataset(
     if repeat:
         ds = ds.repeat()
     base_seed = tf.constant([seed, 12345], tf.int64)
+    per_example = _per_example_fn(base_seed, num_local_views, examples["images"].shape[1],
+                                  local_crop_scale)
+    ds = ds.enumerate().map(per_example, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    per_batch = _per_batch_fn(base_seed, tokenizer, locca, num_bins, locca_tasks)
+    ds = ds.enumerate().map(per_batch, num_parallel_calls=1, deterministic=True)
+    return ds.prefetch(2)
+
+
+def _per_example_fn(base_seed, num_local_views, size, local_crop_scale):
+    """Model-range image and SILC local crops of one synthetic example."""
+    import tensorflow as tf  # lazy: see `synthetic_dataset`
+
+    from keras_siglip2.training.data.augment import fold_seed, local_crops  # lazy: TF
 
     def per_example(index, example):
         out = dict(example)
@@ -416,9 +432,15 @@ def synthetic_dataset(
         out["images"] = tf.cast(image, tf.float32) / 127.5 - 1.0
         return out
 
-    ds = ds.enumerate().map(per_example, num_parallel_calls=tf.data.AUTOTUNE,
-                            deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    return per_example
+
+
+def _per_batch_fn(base_seed, tokenizer, locca, num_bins, locca_tasks):
+    """Token ids and LocCa fields of one synthetic batch."""
+    import tensorflow as tf  # lazy: see `synthetic_dataset`
+
+    from keras_siglip2.training.data.augment import fold_seed  # lazy: TF
+    from keras_siglip2.training.data.locca_fields import locca_batch_fields  # lazy: TF
 
     def per_batch(index, batch):
         out = {k: v for k, v in batch.items() if k not in ("texts", "boxes", "box_texts",
@@ -427,14 +449,14 @@ def synthetic_dataset(
         if locca:
             fields = locca_batch_fields(
                 {**batch, "token_ids": out["token_ids"]}, tokenizer,
-                fold_seed(base_seed, -1 - index), num_bins=num_bins,
+                fold_seed(base_seed, -1 - index), num_bins=num_bins, tasks=locca_tasks,
             )
             fields.pop("locca_task", None)
+            fields.pop("locca_regions", None)
             out.update(fields)
         return out
 
-    ds = ds.enumerate().map(per_batch, num_parallel_calls=1, deterministic=True)
-    return ds.prefetch(2)
+    return per_batch
 
 
 def heldout_split(num_examples=240, image_size=48, seed=10_000):

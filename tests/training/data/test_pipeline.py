@@ -304,7 +304,8 @@ def test_locca_targets_in_batches(tmp_path):
     )
     path = sources.write_tfrecord_shards(tmp_path / "locca", examples, 1)
     ds = image_text_dataset(path, batch_size=4, image_size=SIZE, tokenizer=tokenizer,
-                            locca=True, locca_options={"num_bins": 16}, num_epochs=1,
+                            locca=True, locca_options={"num_bins": 16, "tasks": "sampled"},
+                            num_epochs=1,
                             extra_fields=("boxes",), **HOST)
     out = batches(ds)
     assert len(out) == 3
@@ -344,15 +345,16 @@ def test_locca_batch_fields_directly():
     batch = {"token_ids": tf.cast(tokenizer(captions), tf.int32), "boxes": boxes,
              "box_texts": box_texts, "num_boxes": num_boxes}
     seed = tf.constant([3, 4], tf.int64)
-    a = {k: v.numpy() for k, v in locca_batch_fields(batch, tokenizer, seed, num_bins=8).items()}
-    b = {k: v.numpy() for k, v in locca_batch_fields(batch, tokenizer, seed, num_bins=8).items()}
+    sampled = dict(num_bins=8, tasks="sampled")  # one task per example (issue 17: opt-in)
+    a = {k: v.numpy() for k, v in locca_batch_fields(batch, tokenizer, seed, **sampled).items()}
+    b = {k: v.numpy() for k, v in locca_batch_fields(batch, tokenizer, seed, **sampled).items()}
     for key in ("decoder_token_ids", "decoder_targets", "decoder_weights",
                 "decoder_prefix_mask", "locca_task"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
         assert a[key].shape[0] == 16
     assert (a["locca_task"][num_boxes == 0] == 0).all()
     assert set(a["locca_task"][num_boxes == 1]) > {0}  # ARef / GCap drawn where possible
-    only_gcap = locca_batch_fields(batch, tokenizer, seed, num_bins=8,
+    only_gcap = locca_batch_fields(batch, tokenizer, seed, **sampled,
                                    task_weights=(1e-6, 0.0, 1.0))["locca_task"].numpy()
     np.testing.assert_array_equal(only_gcap, np.where(num_boxes == 1, 2, 0))
     with pytest.raises(ValueError, match="task_weights"):
@@ -410,7 +412,7 @@ def test_argument_errors(tmp_path):
         (dict(language_weights={"en": -1}), ValueError, "positive finite"),
         (dict(language_weights=[0.9, 0.1]), ValueError, "non-empty dict"),
         (dict(filter_fn="drop men"), TypeError, "callable"),
-        (dict(batch_size=0), ValueError, "`batch_size` must be a positive int"),
+        (dict(batch_size=0), ValueError, "`batch_size` must be an integer >= 1"),
         (dict(start_batch=-1), ValueError, "`start_batch`"),
         (dict(num_hosts=2), ValueError, "both `num_hosts` and `host_index`"),
         (dict(extra_fields=("pixels",)), ValueError, "`extra_fields`"),

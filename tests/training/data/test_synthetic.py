@@ -103,19 +103,25 @@ def test_dataset_batches(tokenizer):
     vocab = tokenizer.vocabulary_size() + 16
     for key in ("decoder_token_ids", "decoder_targets", "decoder_weights",
                 "decoder_prefix_mask"):
-        assert batch[key].shape == (8, 20)
+        assert batch[key].shape == (8, 3, 20)  # the three LocCa tasks of every example
     assert batch["decoder_targets"].max() < vocab
-    assert np.all(batch["decoder_weights"].sum(axis=1) > 0)
-    # The three LocCa tasks all occur: box tokens (>= text vocabulary) are targets
-    # (ARef) or prefixes (GCap); captioning has neither.
+    # Every synthetic example has a region: all three rows train.
+    assert np.all(batch["decoder_weights"].sum(axis=2) > 0)
+    # Row 0 captioning (no box tokens), row 1 ARef (box tokens are targets), row 2
+    # GCap (box tokens are the unweighted prefix), for every example.
     ds_many = synthetic.synthetic_dataset(tokenizer, 32, num_examples=64, image_size=24,
                                           seed=1, num_local_views=0, num_bins=16)
     many = {k: v.numpy() for k, v in next(iter(ds_many)).items()}
     is_box = many["decoder_targets"] >= tokenizer.vocabulary_size()
-    aref = (is_box & (many["decoder_weights"] > 0)).any(axis=1)
-    gcap = (is_box & (many["decoder_weights"] == 0)).any(axis=1)
-    captioning = ~is_box.any(axis=1)
-    assert aref.any() and gcap.any() and captioning.any()
+    weights = many["decoder_weights"]
+    assert (~is_box[:, 0].any(axis=1)).all()
+    assert (is_box[:, 1] & (weights[:, 1] > 0)).sum(axis=1).tolist() == [4] * 32
+    assert ((is_box[:, 2] & (weights[:, 2] == 0)).sum(axis=1) == 4).all()
+    assert not (is_box[:, 2] & (weights[:, 2] > 0)).any()
+    sampled = next(iter(synthetic.synthetic_dataset(
+        tokenizer, 8, num_examples=32, image_size=24, seed=1, num_local_views=0,
+        num_bins=16, locca_tasks="sampled")))
+    assert sampled["decoder_targets"].shape == (8, 20)
     assert "local_images" not in many
     again = {k: v.numpy() for k, v in next(iter(synthetic.synthetic_dataset(
         tokenizer, 8, num_examples=32, image_size=24, seed=1, num_local_views=3,
