@@ -14,6 +14,7 @@ time. Value and gradients equal the plain form to float32 rounding. Other backen
 compute the plain form (same value, no memory saving).
 """
 
+import functools
 import math
 
 import keras
@@ -129,10 +130,8 @@ _CHUNKED_CE = None
 
 
 def _build_chunked_cross_entropy_jax():
-    import functools
-
     import jax  # lazy: the JAX backend only
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: the JAX backend only
 
     def blocks(vocabulary, chunk):
         """Number of blocks, and for block i its first column start(i) = min(i * c,
