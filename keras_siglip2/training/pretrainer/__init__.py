@@ -35,10 +35,15 @@ Batches are dicts:
 - "images": (B, H, W, 3) float in [-1, 1] (a NaFlex tower takes its three inputs
   "pixel_patches", "patch_positions", "patch_mask" instead, and trains with the sigmoid
   and LocCa losses only, as the paper's NaFlex stage), "token_ids": (B, L) int32;
-- with LocCa: "decoder_token_ids", "decoder_targets", "decoder_weights" (B, L) and
-  optionally "decoder_prefix_mask" (B, L): one LocCa task per example, built with
-  `training.data.locca_targets.make_locca_targets` (the `image_text_dataset` pipeline
-  and the synthetic dataset draw captioning / ARef / GCap per example);
+- with LocCa: "decoder_token_ids", "decoder_targets", "decoder_weights" and optionally
+  "decoder_prefix_mask", either (B, 3, L): the three LocCa tasks of every example
+  (captioning, ARef, GCap, in the order of `LOCCA_TASKS`; an example without a region
+  box has weight 0 on its ARef / GCap rows), decoded in ONE decoder pass with the
+  three sequences stacked on the batch axis (3B rows, the image tokens repeated), and
+  reported as "locca_<task>_loss" besides "locca_loss" (their `locca_task_weights`
+  mean); or (B, L): one task per example (older pipelines), built with
+  `training.data.locca_targets.make_locca_targets`; "locca_parallel" is (B,) (shared
+  by an example's tasks) or (B, 3);
 - with SILC: "local_images" (B, V, h, w, 3) float in [-1, 1]: V local crops per image,
   resized to the model resolution, or with `local_image_size` to that (smaller) size
   at which the student runs with its position embedding resized; give them at that
@@ -85,6 +90,7 @@ from keras_siglip2.training.pretrainer.recipe import (
     BASE_LOSS_WEIGHTS,
     CURATION_METRICS,
     LOCCA_FIELDS,
+    LOCCA_TASKS,
     LOSS_TERMS,
     MASK_RATIO,
     PARALLEL_PROBABILITY,
@@ -107,6 +113,7 @@ __all__ = [
     "BASE_LOSS_WEIGHTS",
     "CURATION_METRICS",
     "LOCCA_FIELDS",
+    "LOCCA_TASKS",
     "LOSS_TERMS",
     "MASK_RATIO",
     "PARALLEL_PROBABILITY",

@@ -4,7 +4,7 @@ first missing or malformed one, so that a wrong dataset fails at the first step 
 when a loss switches on at 80 %.
 """
 
-from keras_siglip2.training.pretrainer.recipe import LOCCA_FIELDS
+from keras_siglip2.training.pretrainer.recipe import LOCCA_FIELDS, LOCCA_TASKS
 
 _REASONS = {
     "images": "every batch (the image tower)",
@@ -34,6 +34,19 @@ def _check_rank(batch, field, ranks, layout, channels=None):
         raise ValueError(f"Batch field {field!r} must be {layout}; got shape {shape}.")
 
 
+def _check_locca_fields(batch):
+    """The LocCa fields: all (B, L) (one task per example), or all (B, 3, L) (the three
+    tasks of LOCCA_TASKS per example)."""
+    shapes = {field: tuple(batch[field].shape) for field in LOCCA_FIELDS}
+    ranks = {len(shape) for shape in shapes.values()}
+    layout = f"(B, L) or (B, {len(LOCCA_TASKS)}, L) (task axis {LOCCA_TASKS})"
+    if len(ranks) != 1 or not ranks <= {2, 3} or (
+            ranks == {3} and any(s[1] != len(LOCCA_TASKS) for s in shapes.values())):
+        raise ValueError(
+            f"Batch fields {list(LOCCA_FIELDS)} must all be {layout}; got shapes {shapes}."
+        )
+
+
 def check_batch(pretrainer, batch):
     """Raises ValueError naming the first missing / malformed field. With a `curator`
     the training batches are super-batches: the same fields with more examples (their
@@ -50,6 +63,8 @@ def check_batch(pretrainer, batch):
                 f"The batch has no field {field!r}, needed by {_REASONS[field]}. "
                 f"Batch fields: {sorted(batch)}; required: {fields}."
             )
+    if pretrainer.decoder is not None:
+        _check_locca_fields(batch)
     if not pretrainer.fixed_resolution:
         return  # the NaFlex tower checks its three inputs itself
     _check_rank(batch, "images", (4,), "(B, H, W, 3)", channels=3)

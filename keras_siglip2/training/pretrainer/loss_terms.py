@@ -8,14 +8,15 @@ from keras import ops
 
 from keras_siglip2.layers.logit_head import l2_normalize
 from keras_siglip2.training.losses import (
-    locca_loss_from_features,
     masked_prediction_loss,
     self_distillation_loss,
+    token_cross_entropy_from_features,
     update_center,
+    weighted_token_mean,
 )
 from keras_siglip2.training.masking import random_patch_mask
 from keras_siglip2.training.pretrainer.batch_spec import check_batch
-from keras_siglip2.training.pretrainer.recipe import TEACHER_TERMS
+from keras_siglip2.training.pretrainer.recipe import LOCCA_TASKS, TEACHER_TERMS
 from keras_siglip2.training.resize import resize_images
 
 
@@ -59,7 +60,7 @@ class LossTermsMixin:
         ztxt = l2_normalize(ops.cast(text, "float32"))
         terms = {"sigmoid": self.sigmoid_loss_fn(zimg, ztxt, head.log_temperature, head.bias)}
         if self.decoder is not None:
-            terms["locca"] = self._locca_term(inputs, tokens, image_key_mask)
+            terms.update(self._locca_terms(inputs, tokens, image_key_mask))
         if self.uses_teacher and self._teacher_stage_on:
             terms.update(self._teacher_terms(inputs, images, training))
         return self._weighted_total(terms)
@@ -87,24 +88,64 @@ class LossTermsMixin:
             return images, pooled, tokens, None
         return images, self.backbone.get_vision_embeddings(images), None, None
 
-    def _locca_term(self, inputs, tokens, image_key_mask):
-        batch_size = ops.shape(inputs["token_ids"])[0]
+    def _locca_parallel(self, inputs, batch_size, num_tasks):
+        """(num_tasks * B,) 0/1 rows decoded in parallel, task-major: the batch's
+        "locca_parallel" ((B,) shared by an example's tasks, or (B, T)) or drawn."""
         parallel = inputs.get("locca_parallel")
         if parallel is None:
-            parallel = self._random_parallel(batch_size)
+            return self._random_parallel(batch_size * num_tasks)
+        parallel = ops.cast(parallel, "int32")
+        if len(parallel.shape) == 2:
+            return ops.reshape(ops.transpose(parallel), (-1,))
+        return ops.concatenate([parallel] * num_tasks, axis=0) if num_tasks > 1 else parallel
+
+    def _locca_terms(self, inputs, tokens, image_key_mask):
+        """{"locca": ...}; with (B, 3, L) decoder fields also "locca_<task>" for each
+        task of LOCCA_TASKS: the three task sequences are stacked on the batch axis
+        (task-major, (3B, L)) and decoded in ONE pass over the image tokens repeated
+        3x; each task's loss is sum(CE * weights) / max(sum(weights), 1) over its rows,
+        and "locca" = sum_t w_t loss_t / sum of w_t over the tasks with any weight in
+        the batch (`locca_task_weights`)."""
+        batch_size = ops.shape(inputs["token_ids"])[0]
+        multi = len(inputs["decoder_token_ids"].shape) == 3
+        num_tasks = len(LOCCA_TASKS) if multi else 1
+
+        def rows(x):  # (B, T, L) -> (T * B, L), task-major
+            return ops.reshape(ops.transpose(x, (1, 0, 2)), (-1, x.shape[-1])) if multi else x
+
+        prefix = inputs.get("decoder_prefix_mask")
+        if num_tasks > 1:
+            tokens = ops.concatenate([tokens] * num_tasks, axis=0)
+            if image_key_mask is not None:
+                image_key_mask = ops.concatenate([image_key_mask] * num_tasks, axis=0)
         features = self.decoder(
-            inputs["decoder_token_ids"],
+            rows(inputs["decoder_token_ids"]),
             tokens,
-            parallel=ops.cast(parallel, "int32"),
+            parallel=self._locca_parallel(inputs, batch_size, num_tasks),
             image_key_mask=image_key_mask,
-            prefix_mask=inputs.get("decoder_prefix_mask"),
+            prefix_mask=None if prefix is None else rows(prefix),
             return_features=True,
         )
         output = self.decoder.logits_dense
-        return locca_loss_from_features(
-            features, output.kernel, output.bias, inputs["decoder_targets"],
-            inputs["decoder_weights"],
-        )
+        ce = token_cross_entropy_from_features(
+            features, output.kernel, output.bias, rows(inputs["decoder_targets"]))
+        weights = rows(inputs["decoder_weights"])
+        if not multi:
+            return {"locca": weighted_token_mean(ce, weights)}
+        return self._locca_task_mix(ce, weights, batch_size)
+
+    def _locca_task_mix(self, ce, weights, batch_size):
+        terms, total, norm = {}, 0.0, 0.0
+        for t, task in enumerate(LOCCA_TASKS):
+            rows = slice(t * batch_size, (t + 1) * batch_size)
+            task_ce, task_weights = ce[rows], ops.cast(weights[rows], "float32")
+            terms[f"locca_{task}"] = weighted_token_mean(task_ce, task_weights)
+            present = ops.cast(ops.greater(ops.sum(task_weights), 0.0), "float32")
+            total = total + self.locca_task_weights[t] * terms[f"locca_{task}"]
+            norm = norm + self.locca_task_weights[t] * present
+        terms["locca"] = ops.where(ops.greater(norm, 0.0),
+                                   total / ops.maximum(norm, 1e-12), 0.0)
+        return terms
 
     def _temperatures(self):
         return dict(student_temperature=self.student_temperature,
@@ -174,5 +215,8 @@ class LossTermsMixin:
             total = total + weight * value
             outputs[f"{name}_loss"] = value
             outputs[f"{name}_weight"] = weight
+        for task in LOCCA_TASKS:  # with (B, 3, L) LocCa fields: each task's loss
+            if f"locca_{task}" in terms:
+                outputs[f"locca_{task}_loss"] = ops.cast(terms[f"locca_{task}"], "float32")
         outputs["loss"] = total
         return outputs

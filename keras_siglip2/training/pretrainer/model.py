@@ -25,6 +25,8 @@ from keras_siglip2.training.pretrainer.recipe import (
     check_local_image_size,
     default_head_dims,
     is_fixed_resolution,
+    LOCCA_TASKS,
+    resolve_locca_task_weights,
     resolve_loss_weights,
     resolve_teacher_losses,
 )
@@ -89,6 +91,12 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
             (`pretrainer.backbone`, `save_to_preset`) does not contain it. Training
             logs add "acid_learnability" (mean learnability of the kept examples) and
             "acid_kept_fraction".
+        locca_task_weights: None (all 1.0), a dict {"captioning", "aref", "gcap": w}
+            (missing tasks 1.0) or a 3-tuple in that order: the weights of the three
+            LocCa tasks when the batch carries them per example ((B, 3, L) decoder
+            fields); "locca" is their weighted mean over the tasks with any target
+            token in the batch. The paper weights the three alike (LocCa trains all
+            three on every image); (B, L) single-task batches ignore it.
 
     Calling the pretrainer on a batch returns its loss terms (a dict with "loss" and
     "<term>_loss" / "<term>_weight" entries); `fit` logs all of them every step.
@@ -122,6 +130,7 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
         center_momentum=None,
         seed=None,
         curator=None,
+        locca_task_weights=None,
         **kwargs,
     ):
         if isinstance(backbone, dict):
@@ -151,6 +160,7 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
             teacher_temperature=teacher_temperature, center_momentum=center_momentum,
             seed=seed)
         self._set_curator(curator)
+        self.locca_task_weights = resolve_locca_task_weights(locca_task_weights)
         self._decoder_arg = decoder
         self.decoder = _make_decoder(decoder, backbone)
         self._build_teacher_parts(vision)
@@ -220,6 +230,8 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
                     name=f"{term}_center"))
         self._teacher_stage_on = False  # Python mirror of the stage (static in traces)
         names = ["loss"] + [f"{n}_loss" for n in self.active_terms]
+        if self.decoder is not None:  # logged with (B, 3, L) LocCa fields
+            names += [f"locca_{task}_loss" for task in LOCCA_TASKS]
         if self.curator is not None:
             names += list(CURATION_METRICS)
         self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in names}
@@ -334,6 +346,7 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
                 "teacher_temperature": self.teacher_temperature,
                 "center_momentum": self.center_momentum,
                 "seed": self.seed,
+                "locca_task_weights": dict(zip(LOCCA_TASKS, self.locca_task_weights)),
                 # The reference backbone's config and keep_ratio; its weights are
                 # saved with the pretrainer's weights (see `curator` above).
                 "curator": None if self.curator is None

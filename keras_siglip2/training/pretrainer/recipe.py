@@ -27,6 +27,9 @@ CURATION_METRICS = ("acid_learnability", "acid_kept_fraction")
 
 # Batch fields produced by make_locca_targets that the pretrainer reads.
 LOCCA_FIELDS = ("decoder_token_ids", "decoder_targets", "decoder_weights")
+# LocCa's three tasks (Wan et al. 2024; paper sec. 2.2), in the order of the task axis of
+# (B, 3, L) decoder fields (`training.data.locca_targets.TASKS`).
+LOCCA_TASKS = ("captioning", "aref", "gcap")
 
 
 def size_factor(vision_width):
@@ -85,6 +88,35 @@ def resolve_loss_weights(loss_weights, vision_width):
             )
         weights[name] = _scalar_weight(key, value)
     return weights
+
+
+def resolve_locca_task_weights(task_weights):
+    """(captioning, aref, gcap) float weights from None (all 1.0), a dict with keys
+    among LOCCA_TASKS (missing ones 1.0) or a 3-sequence; each finite and >= 0."""
+    if task_weights is None:
+        return (1.0,) * len(LOCCA_TASKS)
+    if isinstance(task_weights, dict):
+        unknown = sorted(set(task_weights) - set(LOCCA_TASKS))
+        if unknown:
+            raise ValueError(
+                f"`locca_task_weights` has unknown tasks {unknown}; expected keys among "
+                f"{list(LOCCA_TASKS)}."
+            )
+        values = [task_weights.get(task, 1.0) for task in LOCCA_TASKS]
+    elif isinstance(task_weights, (list, tuple)) and len(task_weights) == len(LOCCA_TASKS):
+        values = list(task_weights)
+    else:
+        raise ValueError(
+            "`locca_task_weights` must be None, a dict with keys among "
+            f"{list(LOCCA_TASKS)} or a sequence of 3 numbers; got {task_weights!r}."
+        )
+    for task, value in zip(LOCCA_TASKS, values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"`locca_task_weights[{task!r}]` must be a finite number >= 0; got {value!r}."
+            )
+    return tuple(float(v) for v in values)
 
 
 def is_fixed_resolution(vision_encoder):
