@@ -6,7 +6,8 @@
   predicts captions, referring-expression boxes (ARef) and grounded captions (GCap),
   weight 1;
 - SILC self-distillation (sec. 2.3): an EMA teacher of the image tower sees the global
-  view (the training image itself), the student sees `local_images`, both through a
+  view ("teacher_images", else the training image itself), the student sees
+  `local_images`, both through a
   projection head on the pooled embedding, weight 1 x size factor;
 - TIPS masked prediction (sec. 2.3): 50 % of the student's patch tokens are replaced by a
   learned mask token and matched, through a patch projection head, to the teacher's
@@ -48,6 +49,9 @@ Batches are dicts:
   resized to the model resolution, or with `local_image_size` to that (smaller) size
   at which the student runs with its position embedding resized; give them at that
   size to avoid the resize;
+- optional "teacher_images" (B, H, W, 3), same size and range as "images": SILC's global
+  augmented view (random resized crop + flip + colour jitter of the same image), seen
+  by the EMA teacher and, masked, by the TIPS student; without it both see "images";
 - optional "tips_mask" (B, N) 0/1 and "locca_parallel" (B,) 0/1: the random choices of
   the step (drawn from the pretrainer's seed generator when absent; giving them makes a
   step fully deterministic, e.g. to compare backends).

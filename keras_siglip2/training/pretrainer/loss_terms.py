@@ -152,7 +152,15 @@ class LossTermsMixin:
                     teacher_temperature=self.teacher_temperature)
 
     def _teacher_terms(self, inputs, images, training):
-        """{"silc": ..., "tips": ...} (the configured ones) against the EMA teacher."""
+        """{"silc": ..., "tips": ...} (the configured ones) against the EMA teacher.
+
+        The global view is the batch's "teacher_images" when present (SILC / DINO: an
+        augmented crop of the image), else the image itself. The teacher sees it
+        unmasked; TIPS masks the student's copy of the same view (as iBOT: the masked
+        patches are predicted at the same positions of the same view).
+        """
+        if "teacher_images" in inputs:
+            images = self._at_model_resolution(inputs["teacher_images"])
         t_pooled, t_tokens = self.teacher_vision_encoder.get_pooled_and_tokens(images)
         t_pooled, t_tokens = ops.stop_gradient(t_pooled), ops.stop_gradient(t_tokens)
         terms = {}
