@@ -54,7 +54,9 @@ Batches are dicts:
   by the EMA teacher and, masked, by the TIPS student; without it both see "images";
 - optional "tips_mask" (B, N) 0/1 and "locca_parallel" (B,) 0/1: the random choices of
   the step (drawn from the pretrainer's seed generator when absent; giving them makes a
-  step fully deterministic, e.g. to compare backends).
+  step fully deterministic, e.g. to compare backends). A "tips_mask" whose N is not the
+  tower's current token count (a pipeline that drew it for the resolution before
+  `ResolutionAdaptation`) is ignored and the mask drawn in the step for the current N.
 Images whose size differs from the tower's current resolution are resized in the step
 (antialiased bilinear), so one dataset can feed the stages before and after
 `ResolutionAdaptation`.

@@ -193,9 +193,13 @@ class LossTermsMixin:
 
     def _tips_term(self, inputs, images, t_tokens, training):
         batch_size = ops.shape(inputs["token_ids"])[0]
+        num_tokens = self._num_image_tokens()
         mask = inputs.get("tips_mask")
-        if mask is None:
-            mask = random_patch_mask(batch_size, self._num_image_tokens(), self.mask_ratio,
+        # A data-side mask drawn for another token count (the dataset's, before
+        # `ResolutionAdaptation` changed the grid) is replaced by one for the current
+        # count; the shapes are static, so this is decided when the step is traced.
+        if mask is None or mask.shape[1] not in (None, num_tokens):
+            mask = random_patch_mask(batch_size, num_tokens, self.mask_ratio,
                                      seed=self.seed_generator)
         s_tokens = self.backbone.vision_encoder.get_tokens(
             images, token_mask=mask, mask_token=self.mask_token)
