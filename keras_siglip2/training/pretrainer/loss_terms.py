@@ -16,7 +16,11 @@ from keras_siglip2.training.losses import (
 )
 from keras_siglip2.training.masking import random_patch_mask
 from keras_siglip2.training.pretrainer.batch_spec import check_batch
-from keras_siglip2.training.pretrainer.recipe import LOCCA_TASKS, TEACHER_TERMS
+from keras_siglip2.training.pretrainer.recipe import (
+    LOCCA_TASKS,
+    TEACHER_TERMS,
+    warmed_up_temperature,
+)
 from keras_siglip2.training.resize import resize_images
 
 
@@ -147,9 +151,19 @@ class LossTermsMixin:
                                    total / ops.maximum(norm, 1e-12), 0.0)
         return terms
 
+    def current_teacher_temperature(self):
+        """The teacher temperature of the next training step: `teacher_temperature`,
+        or during a warm-up its linear ramp over the teacher-stage steps done."""
+        if self.teacher_stage_steps is None:
+            return self.teacher_temperature
+        return warmed_up_temperature(
+            self.teacher_temperature_start, self.teacher_temperature,
+            ops.cast(self.teacher_stage_steps, "float32"),
+            float(self.teacher_temperature_warmup_steps))
+
     def _temperatures(self):
         return dict(student_temperature=self.student_temperature,
-                    teacher_temperature=self.teacher_temperature)
+                    teacher_temperature=self.current_teacher_temperature())
 
     def _teacher_terms(self, inputs, images, training):
         """{"silc": ..., "tips": ...} (the configured ones) against the EMA teacher.
@@ -168,6 +182,8 @@ class LossTermsMixin:
             terms["silc"] = self._silc_term(inputs, t_pooled, training)
         if self.use_masked_prediction:
             terms["tips"] = self._tips_term(inputs, images, t_tokens, training)
+        if training and self.teacher_stage_steps is not None:
+            self.teacher_stage_steps.assign(self.teacher_stage_steps + 1.0)
         return terms
 
     def _silc_term(self, inputs, t_pooled, training):

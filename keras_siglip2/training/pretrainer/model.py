@@ -8,7 +8,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_siglip2.checks import check_fraction, check_number, check_positive_int
+from keras_siglip2.checks import (
+    check_fraction,
+    check_int,
+    check_number,
+    check_positive,
+    check_positive_int,
+)
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.locca_decoder import locca_decoder_for
 from keras_siglip2.training.curation import resolve_curator
@@ -97,6 +103,15 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
             fields); "locca" is their weighted mean over the tasks with any target
             token in the batch. The paper weights the three alike (LocCa trains all
             three on every image); (B, L) single-task batches ignore it.
+        tips_head_dims: (hidden, bottleneck, output) of the TIPS heads; default
+            `head_dims` (which then sizes the SILC heads only). See
+            `default_head_dims` for DINO's 65,536 and iBOT's 8,192 outputs.
+        teacher_temperature_start, teacher_temperature_warmup_steps: a linear warm-up
+            of the SILC / TIPS teacher temperature from `teacher_temperature_start` to
+            `teacher_temperature` over the first `teacher_temperature_warmup_steps`
+            steps of the teacher stage (DINO: 0.04 -> 0.07 over its first 30 epochs;
+            `recipe.warmed_up_temperature`). Default None / 0: no warm-up, the
+            teacher temperature is fixed (the stage starts from a trained student).
 
     Calling the pretrainer on a batch returns its loss terms (a dict with "loss" and
     "<term>_loss" / "<term>_weight" entries); `fit` logs all of them every step.
@@ -131,6 +146,9 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
         seed=None,
         curator=None,
         locca_task_weights=None,
+        tips_head_dims=None,
+        teacher_temperature_start=None,
+        teacher_temperature_warmup_steps=0,
         **kwargs,
     ):
         if isinstance(backbone, dict):
@@ -161,6 +179,8 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
             seed=seed)
         self._set_curator(curator)
         self.locca_task_weights = resolve_locca_task_weights(locca_task_weights)
+        self._set_teacher_schedule(tips_head_dims, teacher_temperature_start,
+                                   teacher_temperature_warmup_steps)
         self._decoder_arg = decoder
         self.decoder = _make_decoder(decoder, backbone)
         self._build_teacher_parts(vision)
@@ -195,6 +215,27 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
                 f"`head_dims` must be (hidden, bottleneck, output); got {head_dims!r}."
             )
 
+    def _set_teacher_schedule(self, tips_head_dims, start, warmup_steps):
+        self.tips_head_dims = tuple(tips_head_dims or self.head_dims)
+        if len(self.tips_head_dims) != 3:
+            raise ValueError("`tips_head_dims` must be (hidden, bottleneck, output); got "
+                             f"{tips_head_dims!r}.")
+        for name, dims in (("head_dims", self.head_dims), ("tips_head_dims",
+                                                            self.tips_head_dims)):
+            for dim in dims:
+                check_positive_int(name, dim)
+        self.teacher_temperature_warmup_steps = check_int(
+            "teacher_temperature_warmup_steps", warmup_steps,
+            minimum=0)
+        self.teacher_temperature_start = None if start is None else float(
+            check_positive("teacher_temperature_start", start))
+        if (start is None) != (self.teacher_temperature_warmup_steps == 0):
+            raise ValueError(
+                "A teacher-temperature warm-up needs both `teacher_temperature_start` and "
+                "`teacher_temperature_warmup_steps` > 0; got teacher_temperature_start="
+                f"{start!r}, teacher_temperature_warmup_steps={warmup_steps!r}."
+            )
+
     def _set_curator(self, curator):
         self.curator = curator
         self.reference_backbone = None
@@ -222,12 +263,18 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
                 shape=(vision.hidden_dim,),
                 initializer=keras.initializers.RandomNormal(stddev=0.02), name="mask_token",
             )
-        for term, used in (("silc", self.use_self_distillation),
-                           ("tips", self.use_masked_prediction)):
+        for term, used, dims in (("silc", self.use_self_distillation, self.head_dims),
+                                 ("tips", self.use_masked_prediction, self.tips_head_dims)):
             if used:
                 setattr(self, f"{term}_center", self.add_weight(
-                    shape=(self.head_dims[2],), initializer="zeros", trainable=False,
+                    shape=(dims[2],), initializer="zeros", trainable=False,
                     name=f"{term}_center"))
+        self.teacher_stage_steps = None
+        if self.teacher_temperature_warmup_steps and self.uses_teacher:
+            # Steps done in the teacher stage (the warm-up's clock), saved for resuming.
+            self.teacher_stage_steps = self.add_weight(
+                shape=(), initializer="zeros", dtype="float32", trainable=False,
+                name="teacher_stage_steps")
         self._teacher_stage_on = False  # Python mirror of the stage (static in traces)
         names = ["loss"] + [f"{n}_loss" for n in self.active_terms]
         if self.decoder is not None:  # logged with (B, 3, L) LocCa fields
@@ -347,6 +394,9 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
                 "center_momentum": self.center_momentum,
                 "seed": self.seed,
                 "locca_task_weights": dict(zip(LOCCA_TASKS, self.locca_task_weights)),
+                "tips_head_dims": list(self.tips_head_dims),
+                "teacher_temperature_start": self.teacher_temperature_start,
+                "teacher_temperature_warmup_steps": self.teacher_temperature_warmup_steps,
                 # The reference backbone's config and keep_ratio; its weights are
                 # saved with the pretrainer's weights (see `curator` above).
                 "curator": None if self.curator is None

@@ -6,6 +6,8 @@ pretrainer, `train()` and the CLI all read them from here.
 
 import math
 
+from keras import ops
+
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
 # Loss-weight size factors for SILC / TIPS by vision width (B, L, So400m, g-opt).
@@ -49,13 +51,30 @@ def default_loss_weights(vision_width):
 def default_head_dims(vision_width):
     """(hidden, bottleneck, output) sizes of the SILC / TIPS projection heads.
 
-    The paper gives no sizes (it defers to SILC / TIPS, which use DINO / iBOT heads):
-    `SigLIP2ProjectionHead`'s defaults (2048, 256, 4096) from the B width up, and
-    (4 w, w, 256) for tiny towers of width w.
+    The paper gives no sizes (it defers to SILC / TIPS, which use DINO / iBOT heads).
+    DINO's head is (2048, 256, 65,536) (main_dino.py `out_dim` 65536: "for complex and
+    large datasets large values work well"); iBOT's (2048, 256, 8,192) for both the
+    [CLS] and the patch head (main_ibot.py `out_dim` = `patch_out_dim` = 8192). We
+    take (2048, 256, 4096) from the B width up (`SigLIP2ProjectionHead`'s defaults:
+    the centers and the teacher copy stay small while SILC / TIPS run for 20 % of
+    training only), and (4 w, w, 256) for tiny towers of width w. The pretrainer's
+    `head_dims` (SILC, and TIPS by default) and `tips_head_dims` set other sizes, e.g.
+    (2048, 256, 65536) and (2048, 256, 8192) for DINO's and iBOT's.
     """
     if vision_width >= 768:
         return (2048, 256, 4096)
     return (4 * vision_width, vision_width, 256)
+
+
+def warmed_up_temperature(start, final, steps_done, warmup_steps):
+    """start + (final - start) * min(steps_done / warmup_steps, 1): a linear warm-up of
+    the teacher temperature over the first `warmup_steps` steps of the teacher stage
+    (DINO: 0.04 -> 0.07 over 30 epochs), then `final`. Works on numbers and tensors."""
+    if isinstance(steps_done, (int, float)):
+        fraction = min(steps_done / warmup_steps, 1.0)
+    else:
+        fraction = ops.minimum(steps_done / warmup_steps, 1.0)
+    return start + (final - start) * fraction
 
 
 def _scalar_weight(name, value):

@@ -67,8 +67,8 @@ class TeacherStageMixin:
     def uses_teacher(self):
         return self.use_self_distillation or self.use_masked_prediction
 
-    def _make_head(self, name, trainable=True):
-        hidden, bottleneck, output = self.head_dims
+    def _make_head(self, name, trainable=True, dims=None):
+        hidden, bottleneck, output = dims or self.head_dims
         head = SigLIP2ProjectionHead(
             input_dim=self.backbone.vision_encoder.hidden_dim,
             hidden_dim=hidden,
@@ -105,8 +105,9 @@ class TeacherStageMixin:
             self.silc_head = self._make_head("silc_head")
             self.teacher_silc_head = self._make_head("teacher_silc_head", trainable=False)
         if self.use_masked_prediction:
-            self.tips_head = self._make_head("tips_head")
-            self.teacher_tips_head = self._make_head("teacher_tips_head", trainable=False)
+            self.tips_head = self._make_head("tips_head", dims=self.tips_head_dims)
+            self.teacher_tips_head = self._make_head(
+                "teacher_tips_head", trainable=False, dims=self.tips_head_dims)
         if self.uses_teacher:
             self.teacher_vision_encoder = self._make_teacher_encoder(vision)
 
@@ -207,6 +208,8 @@ class TeacherStageMixin:
                 if center is not None:
                     center.assign(ops.zeros(center.shape, center.dtype))
             self.copy_student_to_teacher()
+            if self.teacher_stage_steps is not None:
+                self.teacher_stage_steps.assign(0.0)
             self.teacher_stage_active.assign(1.0)
             self._teacher_stage_on = True
 
