@@ -83,6 +83,8 @@ is importable from the package):
 - `teacher.py`: the EMA teacher, the SILC / TIPS heads and the teacher stage switch
   (`start_teacher_stage`; `start_self_distillation` is its deprecated alias);
 - `resolution.py`: `adapt_resolution` and the optimizer-state carry-over;
+- `naflex.py`: `switch_to_naflex`, the NaFlex stage at 90 % (sec. 2.4.2; the
+  `training.naflex_switch.NaFlexSwitch` callback calls it);
 - `fitting.py`: metrics, `compile`, `fit`; `train_steps.py`: the backend-specific parts
   of the step (JAX stateless gradients, TF GradientTape, torch autograd);
 - `model.py`: the `keras.Model` itself (construction, saving, config).

@@ -20,7 +20,10 @@ _REASONS = {
 
 def required_fields(pretrainer):
     """Batch fields needed by the configured losses (also before they switch on)."""
-    fields = list(pretrainer.backbone.vision_input_names) + ["token_ids"]
+    names = list(pretrainer.backbone.vision_input_names)
+    if getattr(pretrainer, "_naflex_from_images", False):
+        names = ["images"]  # after `switch_to_naflex`: images, patchified in the step
+    fields = names + ["token_ids"]
     if pretrainer.decoder is not None:
         fields += list(LOCCA_FIELDS)
     if pretrainer.use_self_distillation:
@@ -47,6 +50,10 @@ def _check_locca_fields(batch):
         )
 
 
+def _naflex_fields_given(pretrainer, batch):
+    return any(name in batch for name in pretrainer.backbone.vision_input_names)
+
+
 def check_batch(pretrainer, batch):
     """Raises ValueError naming the first missing / malformed field. With a `curator`
     the training batches are super-batches: the same fields with more examples (their
@@ -57,6 +64,9 @@ def check_batch(pretrainer, batch):
             "SigLIP2Pretrainer trains on dict batches with the fields "
             f"{fields}; got a {type(batch).__name__}."
         )
+    if getattr(pretrainer, "_naflex_from_images", False) and _naflex_fields_given(
+            pretrainer, batch):
+        fields = list(pretrainer.backbone.vision_input_names) + fields[1:]
     for field in fields:
         if field not in batch:
             raise ValueError(

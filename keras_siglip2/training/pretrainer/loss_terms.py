@@ -16,6 +16,7 @@ from keras_siglip2.training.losses import (
 )
 from keras_siglip2.training.masking import random_patch_mask
 from keras_siglip2.training.pretrainer.batch_spec import check_batch
+from keras_siglip2.training.pretrainer.naflex import has_naflex_inputs, images_to_naflex
 from keras_siglip2.training.pretrainer.recipe import (
     LOCCA_TASKS,
     TEACHER_TERMS,
@@ -82,7 +83,10 @@ class LossTermsMixin:
         or None, the tokens' key mask or None) of the student's image tower."""
         vision = self.backbone.vision_encoder
         if not self.fixed_resolution:  # NaFlex: padding tokens masked in pooling, decoder
-            naflex = {k: inputs[k] for k in self.backbone.vision_input_names}
+            if self._naflex_from_images and not has_naflex_inputs(inputs):
+                naflex = images_to_naflex(inputs["images"], vision.patch_size)
+            else:
+                naflex = {k: inputs[k] for k in self.backbone.vision_input_names}
             tokens = vision.get_tokens(naflex)
             key_mask = naflex["patch_mask"]
             return None, vision.head(tokens, key_mask=key_mask), tokens, key_mask

@@ -23,6 +23,7 @@ from keras_siglip2.training.losses.distributed import SelectedSigLIPLoss
 from keras_siglip2.training.pretrainer import batch_spec
 from keras_siglip2.training.pretrainer.fitting import FittingMixin
 from keras_siglip2.training.pretrainer.loss_terms import LossTermsMixin
+from keras_siglip2.training.pretrainer.naflex import NaFlexMixin
 from keras_siglip2.training.pretrainer.recipe import (
     CURATION_METRICS,
     MASK_RATIO,
@@ -41,8 +42,8 @@ from keras_siglip2.training.pretrainer.teacher import TeacherStageMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, FittingMixin,
-                        keras.Model):
+class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, NaFlexMixin, LossTermsMixin,
+                        FittingMixin, keras.Model):
     """Trains a `SigLIP2Backbone` with the SigLIP 2 recipe.
 
     Args:
@@ -276,6 +277,7 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
                 shape=(), initializer="zeros", dtype="float32", trainable=False,
                 name="teacher_stage_steps")
         self._teacher_stage_on = False  # Python mirror of the stage (static in traces)
+        self._naflex_from_images = False  # set by `switch_to_naflex`
         names = ["loss"] + [f"{n}_loss" for n in self.active_terms]
         if self.decoder is not None:  # logged with (B, 3, L) LocCa fields
             names += [f"locca_{task}_loss" for task in LOCCA_TASKS]
@@ -362,6 +364,9 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, LossTermsMixin, Fitt
             # Saved after the resolution switch: rebuild the towers at that size first,
             # so that the backbone's weights (loaded next) fit.
             self.adapt_resolution((height, width), patch)
+        elif not patch and height and self.fixed_resolution:
+            # Saved after `switch_to_naflex`: (G, max_num_patches, 0).
+            self.switch_to_naflex(max_num_patches=width, position_grid_size=height)
         for i, v in enumerate(own):
             v.assign(store[f"{i}"])
         self.seed_generator.state.assign(store[f"{len(own)}"])
