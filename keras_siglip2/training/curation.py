@@ -46,6 +46,7 @@ import keras
 from keras import ops
 
 from keras_siglip2.layers import l2_normalize
+from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.training.joint_selection import DEFAULT_NUM_CHUNKS, joint_selection
 from keras_siglip2.training.losses.sigmoid import pairwise_sigmoid_loss
 from keras_siglip2.training.resize import resize_images
@@ -242,8 +243,6 @@ class ActiveCurator:
         `learner_backbone` inside a pretrainer: a different `SigLIP2Backbone` sharing
         no variable with it, with the same image inputs and text vocabulary, and a
         text tower that takes the learner's token sequences."""
-        from keras_siglip2.models.backbone import SigLIP2Backbone
-
         reference = self.reference_backbone
         if not isinstance(reference, SigLIP2Backbone):
             raise TypeError(

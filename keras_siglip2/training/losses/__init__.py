@@ -6,6 +6,8 @@ from keras_siglip2.training.losses.locca import (
     locca_loss,
     locca_loss_from_features,
     token_cross_entropy,
+    token_cross_entropy_from_features,
+    weighted_token_mean,
 )
 from keras_siglip2.training.losses.masked_prediction import masked_prediction_loss
 from keras_siglip2.training.losses.self_distillation import (

@@ -33,7 +33,7 @@ or plain single-device loss; a mode forces one form.
 
 import keras
 
-from keras_siglip2.training.losses.sigmoid import _prepare, sigmoid_loss
+from keras_siglip2.training.losses.sigmoid import SigLIPLoss, _prepare, sigmoid_loss
 
 
 def _jax_mesh(mesh):
@@ -183,8 +183,6 @@ class SelectedSigLIPLoss:
     """
 
     def __init__(self, mode="auto", chunk_size=None):
-        from keras_siglip2.training.losses.sigmoid import SigLIPLoss
-
         self.mode = check_sigmoid_loss_mode(mode)
         self.chunk_size = chunk_size
         self._single_device = {
@@ -224,12 +222,12 @@ def ring_sigmoid_loss_fn(jax_mesh, axis_name):
     return _RING_FNS[key]
 
 
-def _build_ring_fn(jax_mesh, axis_name):
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import PartitionSpec as P
+def _ring_local_fns(n, axis_name):
+    """(forward_local, backward_local): one device's part of the ring loss and of its
+    gradient, over n devices on `axis_name`."""
+    import jax  # lazy: the JAX backend only
+    import jax.numpy as jnp  # lazy: the JAX backend only
 
-    n = jax_mesh.shape[axis_name]
     ring = [(i, (i + 1) % n) for i in range(n)]
 
     def shift(x):
@@ -295,6 +293,14 @@ def _build_ring_fn(jax_mesh, axis_name):
             jax.lax.psum(d_bias, axis_name),
         )
 
+    return forward_local, backward_local
+
+
+def _build_ring_fn(jax_mesh, axis_name):
+    import jax  # lazy: the JAX backend only
+    from jax.sharding import PartitionSpec as P  # lazy: the JAX backend only
+
+    forward_local, backward_local = _ring_local_fns(jax_mesh.shape[axis_name], axis_name)
     sharded, replicated = P(axis_name), P()
 
     def forward(zimg, ztxt, log_t, bias):

@@ -14,6 +14,7 @@ time. Value and gradients equal the plain form to float32 rounding. Other backen
 compute the plain form (same value, no memory saving).
 """
 
+import functools
 import math
 
 import keras
@@ -92,6 +93,23 @@ def locca_loss_from_features(features, kernel, bias, targets, weights,
         vocabulary_chunk: vocabulary columns per block (>= 1; the whole vocabulary when
             larger). Memory: (B*L) x chunk float32 per block instead of (B*L) x V.
     """
+    ce = token_cross_entropy_from_features(features, kernel, bias, targets,
+                                           vocabulary_chunk=vocabulary_chunk)
+    _check_batch_fields("features", static_shape(features), targets, weights)
+    return _weighted_mean(ce, weights)
+
+
+def weighted_token_mean(ce, weights):
+    """sum(ce * weights) / max(sum(weights), 1): the LocCa reduction of per-token
+    losses (B, L) (padding and prefix tokens carry weight 0)."""
+    return _weighted_mean(ce, weights)
+
+
+def token_cross_entropy_from_features(features, kernel, bias, targets,
+                                      vocabulary_chunk=DEFAULT_VOCABULARY_CHUNK):
+    """(B, L) float32 cross-entropy of `features @ kernel + bias` against `targets`,
+    without the (B, L, V) logits on the JAX backend (arguments as for
+    `locca_loss_from_features`)."""
     shape = check_rank("features", features, (3,), "(B, L, D)")
     kernel_shape = check_rank("kernel", kernel, (2,), "(D, V)")
     check_same_dim("kernel", kernel_shape[0], "features", shape[-1], "width D")
@@ -99,7 +117,9 @@ def locca_loss_from_features(features, kernel, bias, targets, weights,
         check_same_dim("bias", static_shape(bias)[-1], "kernel", kernel_shape[-1],
                        "vocabulary size V")
     check_positive_int("vocabulary_chunk", vocabulary_chunk)
-    _check_batch_fields("features", shape, targets, weights)
+    targets_shape = check_rank("targets", targets, (2,), "(B, L)")
+    for axis, what in ((0, "batch size B"), (1, "sequence length L")):
+        check_same_dim("targets", targets_shape[axis], "features", shape[axis], what)
     _check_targets(targets, kernel_shape[-1])
     batch, length = ops.shape(features)[0], ops.shape(features)[1]
     flat = ops.reshape(features, (-1, shape[-1]))
@@ -113,7 +133,7 @@ def locca_loss_from_features(features, kernel, bias, targets, weights,
     else:
         logits = ops.matmul(flat, ops.cast(kernel, flat.dtype)) + ops.cast(bias, flat.dtype)
         ce = token_cross_entropy(logits, flat_targets)
-    return _weighted_mean(ops.reshape(ce, (batch, length)), weights)
+    return ops.reshape(ce, (batch, length))
 
 
 def _chunked_cross_entropy_jax():
@@ -129,10 +149,8 @@ _CHUNKED_CE = None
 
 
 def _build_chunked_cross_entropy_jax():
-    import functools
-
     import jax  # lazy: the JAX backend only
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: the JAX backend only
 
     def blocks(vocabulary, chunk):
         """Number of blocks, and for block i its first column start(i) = min(i * c,

@@ -15,9 +15,13 @@ Chosen values, and why. The SigLIP 2 paper defers these hyper-parameters to SILC
 local-to-global loss is DINO's formulation; we take DINO's published defaults:
 - student temperature 0.1 and teacher temperature 0.04: the teacher is sharper than the
   student, so its targets are confident; centering (below) stops that sharpening from
-  collapsing every image onto one output. DINO optionally warms the teacher
-  temperature up (towards at most 0.07) in early epochs; here the loss starts at 80 %
-  of training from an already trained student, so no warm-up: a fixed 0.04.
+  collapsing every image onto one output. DINO's paper warms the teacher temperature
+  up linearly from 0.04 to 0.07 over the first 30 epochs (main_dino.py's
+  warmup_teacher_temp / teacher_temp / warmup_teacher_temp_epochs; "anything above
+  0.07 is unstable"); here the loss starts at 80 % of training from an already
+  trained student, so the default is no warm-up, a fixed 0.04 (the pretrainer's
+  `teacher_temperature_start` / `teacher_temperature_warmup_steps` add one; the
+  temperature may then be a scalar tensor).
 - center momentum 0.9 (`update_center`): the center follows the batch mean of the
   teacher logits with a short memory, which prevents one dimension from dominating.
 
@@ -41,7 +45,8 @@ CENTER_MOMENTUM = 0.9
 def teacher_probabilities(teacher_logits, center, teacher_temperature=TEACHER_TEMPERATURE):
     """softmax((teacher_logits - center) / teacher_temperature) over the last axis,
     float32, with the gradient stopped (the teacher is updated by EMA, not by the loss)."""
-    check_positive("teacher_temperature", teacher_temperature)
+    if isinstance(teacher_temperature, (int, float)):  # else a scheduled scalar tensor
+        check_positive("teacher_temperature", teacher_temperature)
     logits = ops.cast(teacher_logits, "float32") - ops.cast(center, "float32")
     return ops.stop_gradient(ops.softmax(logits / teacher_temperature, axis=-1))
 
