@@ -37,8 +37,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    # ACID curation is imported on first use (it is optional to the recipe).
     if name == "ActiveCurator":
+        # lazy: ACID curation is optional to the recipe; loaded on first use
         from keras_siglip2.training.curation import ActiveCurator
 
         return ActiveCurator

@@ -3,7 +3,6 @@ reports about them: ACID curation against a reference preset (`ActiveCurator`), 
 NaFlex stage (`NaFlexSwitch`), the LocCa tasks the data allows (one warning when it has
 no region boxes), and the progress lines that name them."""
 
-import inspect
 import os
 import warnings
 
@@ -11,12 +10,12 @@ import keras
 import numpy as np
 
 from keras_siglip2.models import SigLIP2Backbone
-from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 from keras_siglip2.presets import resolve_preset
 from keras_siglip2.training.curation import ActiveCurator
 from keras_siglip2.training.data.balancing import MomentMatchingBalancer
-from keras_siglip2.training.data.pipeline import NAFLEX_SEQUENCE_LENGTHS, image_text_dataset
-from keras_siglip2.training.pretrainer import CURATION_METRICS
+from keras_siglip2.training.data.pipeline import NAFLEX_SEQUENCE_LENGTHS
+from keras_siglip2.training.naflex_switch import NaFlexSwitch
+from keras_siglip2.training.pretrainer import CURATION_METRICS, resolve_teacher_losses
 
 
 # Appended to the pretrainer's NaFlex rule when a NaFlex preset is asked for SILC / TIPS.
@@ -27,21 +26,9 @@ NAFLEX_TEACHER_HINT = ("NaFlex training uses the sigmoid and LocCa losses only (
 
 def teacher_losses(vision_encoder, self_distillation, masked_prediction):
     """(self_distillation, masked_prediction) for this image tower by the paper's
-    NaFlex rule, which lives once in the pretrainer package (`resolve_teacher_losses`):
-    None = on for a fixed-resolution tower, off for NaFlex; True for NaFlex is an
-    error ending with `NAFLEX_TEACHER_HINT`."""
-    try:
-        # The rule's home (pretrainer/recipe.py) lands with the pretrainer package split.
-        # lazy: present only once that split is merged; then move this to the top
-        from keras_siglip2.training.pretrainer import resolve_teacher_losses
-    except ImportError:  # the single-module pretrainer: the same rule, stated here
-        fixed = isinstance(vision_encoder, SigLIP2VisionEncoder)
-        sd = fixed if self_distillation is None else bool(self_distillation)
-        mp = fixed if masked_prediction is None else bool(masked_prediction)
-        if (sd or mp) and not fixed:
-            raise ValueError(f"SILC / TIPS need a fixed-resolution image tower; got a "
-                             f"{type(vision_encoder).__name__}. {NAFLEX_TEACHER_HINT}")
-        return sd, mp
+    NaFlex rule (`pretrainer.resolve_teacher_losses`, its one home): None = on for a
+    fixed-resolution tower, off for NaFlex; True for NaFlex is an error ending with
+    `NAFLEX_TEACHER_HINT`."""
     return resolve_teacher_losses(vision_encoder, self_distillation, masked_prediction,
                                   hint=NAFLEX_TEACHER_HINT)
 
@@ -64,17 +51,11 @@ def _host_batch_size(config, run):
 
 def _naflex_switch(config):
     """The NaFlex stage callback (paper sec. 2.4.2): from `naflex_from` of the steps
-    the fixed tower continues as a NaFlex tower with per-batch sequence lengths."""
-    try:
-        # lazy: the NaFlex stage module lands with issue 17 (H18a); top level once merged
-        from keras_siglip2.training.naflex_switch import NaFlexSwitch
-    except ImportError as e:
-        raise NotImplementedError(
-            "`naflex_from` needs keras_siglip2.training.naflex_switch.NaFlexSwitch, "
-            f"which this installation lacks ({e})."
-        ) from None
+    the fixed tower continues as a NaFlex tower. Its sequence length is the largest of
+    `naflex_lengths`: the step cuts the fixed-size "images" into patches and pads them
+    to it (per-batch sampling of the lengths in the data views is not built yet)."""
     lengths = tuple(config.naflex_lengths or NAFLEX_SEQUENCE_LENGTHS)
-    return NaFlexSwitch(config.naflex_from, sequence_lengths=lengths,
+    return NaFlexSwitch(config.naflex_from, max_num_patches=max(lengths),
                         total_steps=config.steps)
 
 
@@ -83,11 +64,6 @@ def balancing_options(config):
     `MomentMatchingBalancer` over the configured attributes and proxies} or {}."""
     if config.balance_attributes is None:
         return {}
-    if "balancing" not in inspect.signature(image_text_dataset).parameters:
-        raise NotImplementedError(
-            "`balance_attributes` needs the data pipeline's `balancing=` stage "
-            "(training.data, issue 17 item 8), which this installation lacks."
-        )
     return {"balancing": MomentMatchingBalancer(list(config.balance_attributes),
                                                 list(config.balance_proxies))}
 

@@ -55,6 +55,7 @@ from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 from keras_siglip2.preprocessing import SigLIP2Preprocessor
 from keras_siglip2.training.callbacks import LossCurriculum
 from keras_siglip2.training.checkpoint import CheckpointCallback, restore_latest
+from keras_siglip2.training.data.augment import silc_local_size
 from keras_siglip2.training.data.pipeline import (
     NAFLEX_SEQUENCE_LENGTHS,
     default_host,
@@ -116,12 +117,20 @@ def dataset_views(backbone, decoder, self_distillation, masked_prediction,
     kwargs = {}
     if self_distillation:
         views.append("local")
+        # SILC's local crops at their own small size (96/224 of the global side).
+        kwargs["local_crop_size"] = local_crop_size(backbone.vision_encoder)
     if masked_prediction:
         views.append("masked")
+    if self_distillation or masked_prediction:
         kwargs["patch_size"] = backbone.vision_encoder.patch_size
     kwargs["views"] = tuple(views)
     kwargs["locca"] = decoder is not None
     return kwargs
+
+
+def local_crop_size(vision):
+    """The SILC local-crop size the data and the pretrainer share (`silc_local_size`)."""
+    return silc_local_size(vision.image_size, vision.patch_size)
 
 
 def _locca_options(decoder, tokenizer):
@@ -251,6 +260,7 @@ def _build_pretrainer(config, run):
     run.pretrainer = SigLIP2Pretrainer(
         run.backbone, decoder="locca" if config.decoder else None, self_distillation=sd,
         masked_prediction=mp, seed=config.seed, curator=run.curator,
+        local_image_size=local_crop_size(run.backbone.vision_encoder) if sd else None,
     )
     run.pretrainer.compile(learning_rate=config.learning_rate, total_steps=config.steps)
 
