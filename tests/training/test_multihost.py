@@ -129,6 +129,25 @@ def test_two_processes_model_parallel_full_recipe_match_one_process(setup, tmp_p
                            ("sigmoid", "locca", "silc", "tips"))
 
 
+@pytest.mark.large
+def test_two_processes_full_recipe_with_acid_curation(setup, tmp_path):
+    """The whole recipe with ACID on (`--curate-with` the starting preset as the
+    reference, keeping half of each host's super-batch) over 2 processes x 4 devices
+    with `--mesh batch=4,model=2`: both exit 0 and the summary reports the kept
+    fraction (exactly the keep ratio) and a finite learnability."""
+    out = tmp_path / "acid"
+    _two_processes(setup, out, "batch=4,model=2", "--curate-with", str(setup[0]),
+                   "--curation-ratio", "0.5")
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_hosts"] == 2 and summary["steps"] == 4
+    assert set(summary["losses"]) == {"sigmoid", "locca", "silc", "tips"}
+    curation = summary["curation"]
+    assert curation["keep_ratio"] == 0.5
+    assert curation["kept_fraction"] == pytest.approx(0.5)
+    assert np.isfinite(curation["learnability"]["final"])
+    assert (out / "preset" / "model.weights.h5").exists()
+
+
 def test_hosts_read_disjoint_parts_of_the_records(setup):
     """Over one epoch, the 2 hosts' pipelines (per-host batch 2) deliver every record
     of the CSV exactly once between them."""
