@@ -137,11 +137,14 @@ def _pretrainer_contenders(backbone, x, spec, rng):
     full.start_self_distillation()
     length = x["token_ids"].shape[1]
     vocab = full.decoder.vocabulary_size
+    # The recipe's batch: LocCa's three tasks per example (B, 3, L), the teacher's
+    # augmented global view, SILC's local crops.
     full_x = dict(
         x,
-        decoder_token_ids=rng.randint(0, vocab, (batch, length)).astype(np.int32),
-        decoder_targets=rng.randint(0, vocab, (batch, length)).astype(np.int32),
-        decoder_weights=np.ones((batch, length), np.float32),
+        decoder_token_ids=rng.randint(0, vocab, (batch, 3, length)).astype(np.int32),
+        decoder_targets=rng.randint(0, vocab, (batch, 3, length)).astype(np.int32),
+        decoder_weights=np.ones((batch, 3, length), np.float32),
+        teacher_images=np.flip(x["images"], axis=2).copy(),
         local_images=rng.uniform(
             -1, 1, (batch, spec["local_crops"], local_size, local_size, 3)).astype(np.float32),
     )
