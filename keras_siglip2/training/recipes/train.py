@@ -238,6 +238,10 @@ def _build_pretrainer(config, run):
     """Loads the preset and wraps it in a compiled `SigLIP2Pretrainer` (SILC / TIPS on
     by default for a fixed-resolution tower only, paper sec. 2.4.2)."""
     # The reference model loads first: the learner's new layers keep their seeded init.
+    # It is seeded too: under a multi-host distribution every variable's initial value
+    # must be the same on every process (device_put checks it), even if the preset's
+    # weights replace it right after.
+    keras.utils.set_random_seed(config.seed + 1)
     run.curator = _make_curator(config)
     keras.utils.set_random_seed(config.seed)
     run.backbone = SigLIP2Backbone.from_preset(run.preset_path)
