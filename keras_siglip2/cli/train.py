@@ -136,7 +136,8 @@ def add_train_parser(sub):
                    "fraction of the steps, in (0, 1) (the paper: 0.9)")
     p.add_argument("--naflex-lengths", type=sequence_lengths, default=None,
                    metavar="N,N,...", help="sequence lengths of the NaFlex stage (default "
-                   "128,256,576,784,1024; needs --naflex-from)")
+                   "128,256,576,784,1024; the largest pads the patches of each batch; "
+                   "needs --naflex-from)")
     p.add_argument("--balance-attributes", type=names, default=None, metavar="A,B,...",
                    help="M4 data balancing (paper sec. 2.5): the sensitive attributes "
                    "annotated in the records' 'attributes' column (needs "
