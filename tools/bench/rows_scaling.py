@@ -50,14 +50,31 @@ def loss_memory_curves(batches, dim, chunk):
     return curves, (None if isinstance(ring, dict) else ring)
 
 
-def plot_curves(path, batches, curves, title, ylabel):
-    """A log-log PNG of the curves; returns the path, or None without matplotlib."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None without matplotlib."""
     try:
         import matplotlib  # lazy: optional, only for the plots
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # lazy: optional, only for the plots
     except ImportError:
+        return None
+    return plt
+
+
+def _save_figure(plt, fig, path):
+    """Writes a plot as PNG (100 dpi), closes it and returns its path."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(path, batches, curves, title, ylabel):
+    """A log-log PNG of the curves; returns the path, or None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, sizes in curves.items():
@@ -68,11 +85,7 @@ def plot_curves(path, batches, curves, title, ylabel):
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 @row("scaling_loss_memory", "Scaling: sigmoid loss memory vs global batch (compiled)")
@@ -226,12 +239,8 @@ def row_scaling_compute(cfg, ctx):
 
 
 def _plot_compute(path, plots):
-    try:
-        import matplotlib  # lazy: optional, only for the plots
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # lazy: optional, only for the plots
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(plots), figsize=(5 * len(plots), 4))
     for ax, (what, curves) in zip(np.atleast_1d(axes), plots.items()):
@@ -243,8 +252,4 @@ def _plot_compute(path, plots):
         ax.set_ylabel("ms")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
