@@ -110,11 +110,11 @@ def embeddings(pretrainer, batch):
     """The normalized (zimg, ztxt) of a batch and the logit head's (t, b), as numpy."""
     import keras
 
-    from keras_siglip2.training.pretrainer import safe_l2_normalize
+    from keras_siglip2.layers import l2_normalize
 
     backbone = pretrainer.backbone
-    zimg = safe_l2_normalize(backbone.get_vision_embeddings(batch["images"]))
-    ztxt = safe_l2_normalize(backbone.get_text_embeddings(batch["token_ids"]))
+    zimg = l2_normalize(backbone.get_vision_embeddings(batch["images"]))
+    ztxt = l2_normalize(backbone.get_text_embeddings(batch["token_ids"]))
     head = backbone.logit_head
     return [np.asarray(keras.ops.convert_to_numpy(x))
             for x in (zimg, ztxt, head.log_temperature, head.bias)]
