@@ -247,7 +247,6 @@ def test_text_float32_embeddings_keep_float16_gradients_finite():
     embeddings bit for bit."""
     import jax
 
-
     ids = tiny_inputs()["token_ids"]
     full = tiny_backbone().text_encoder
     np.testing.assert_array_equal(np.asarray(full.get_float32_embeddings(ids)), np.asarray(full(ids)))
