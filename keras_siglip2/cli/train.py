@@ -135,9 +135,9 @@ def add_train_parser(sub):
                    help="continue a fixed-resolution preset as a NaFlex model from this "
                    "fraction of the steps, in (0, 1) (the paper: 0.9)")
     p.add_argument("--naflex-lengths", type=sequence_lengths, default=None,
-                   metavar="N,N,...", help="sequence lengths of the NaFlex stage (default "
-                   "128,256,576,784,1024; the largest pads the patches of each batch; "
-                   "needs --naflex-from)")
+                   metavar="N,N,...", help="sequence lengths of the NaFlex stage, one drawn per "
+                   "batch (default 128,256,576,784,1024; the saved preset's converter "
+                   "takes the largest; needs --naflex-from)")
     p.add_argument("--balance-attributes", type=names, default=None, metavar="A,B,...",
                    help="M4 data balancing (paper sec. 2.5): the sensitive attributes "
                    "annotated in the records' 'attributes' column (needs "

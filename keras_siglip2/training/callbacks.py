@@ -41,6 +41,10 @@ def check_fraction(name, value):
     return checks.check_fraction(name, value, low_open=True)
 
 
+# The paper's start of SILC / TIPS (sec. 2.3: the last 20 % of training).
+SELF_DISTILLATION_START = 0.8
+
+
 def check_curriculum(self_distillation_start, resolution_start):
     """Both fractions in (0, 1] and the resolution switch not before SILC / TIPS."""
     sd = check_fraction("self_distillation_start", self_distillation_start)
@@ -52,6 +56,27 @@ def check_curriculum(self_distillation_start, resolution_start):
             f"(self_distillation_start={sd}); the paper uses 0.8 and 0.95."
         )
     return sd, res
+
+
+def check_naflex_after_teacher(self_distillation_start, naflex_start, total_steps=None):
+    """The NaFlex stage turns SILC / TIPS off (paper sec. 2.4.2: NaFlex from 90 %,
+    after SILC / TIPS from 80 %): it must start strictly after them (and, given
+    `total_steps`, at a later step), or they would never train."""
+    sd = check_fraction("self_distillation_start", self_distillation_start)
+    naflex = check_fraction("naflex start", naflex_start)
+    at = "" if total_steps is None else (
+        f" (of {total_steps} steps: SILC / TIPS from step "
+        f"{switch_step(sd, total_steps)}, NaFlex from step "
+        f"{switch_step(naflex, total_steps)})")
+    if naflex <= sd or (total_steps is not None and switch_step(naflex, total_steps)
+                        <= switch_step(sd, total_steps)):
+        raise ValueError(
+            f"The curriculum is out of order: the NaFlex stage (start={naflex}) turns "
+            f"SILC / TIPS off, so it must come after them (self_distillation_start={sd}"
+            f"{at}; the paper uses 0.8 and 0.9); start it later or train without "
+            "self_distillation and masked_prediction."
+        )
+    return sd, naflex
 
 
 def switch_step(fraction, total_steps):
@@ -97,6 +122,8 @@ class _ProgressCallback(keras.callbacks.Callback):
         starts[self.kind] = self.start
         if "self_distillation" in starts and "resolution" in starts:
             check_curriculum(starts["self_distillation"], starts["resolution"])
+        if "self_distillation" in starts and "naflex" in starts:
+            check_naflex_after_teacher(starts["self_distillation"], starts["naflex"])
 
     def on_train_begin(self, logs=None):
         self._step = None
@@ -132,7 +159,7 @@ class LossCurriculum(_ProgressCallback):
 
     kind = "self_distillation"
 
-    def __init__(self, self_distillation_start=0.8, total_steps=None):
+    def __init__(self, self_distillation_start=SELF_DISTILLATION_START, total_steps=None):
         super().__init__(self_distillation_start, total_steps, "self_distillation_start")
         self.self_distillation_start = self.start
         self.switched_at = None
@@ -147,8 +174,9 @@ class LossCurriculum(_ProgressCallback):
 
     def on_stage(self, step):
         # The pretrainer's Python mirror of the stage is current here: `fit` and weight
-        # loading (BackupAndRestore) set it from the saved stage variable.
-        if self.model._self_distillation_on:
+        # loading (BackupAndRestore) set it from the saved stage variable. After the
+        # NaFlex stage switch (`NaFlexSwitch`) the pretrainer has no SILC / TIPS.
+        if self.model._self_distillation_on or not self.model.uses_teacher:
             return
         self.model.start_self_distillation()
         self.switched_at = step

@@ -7,6 +7,8 @@ Keras model): trainable and non-trainable variables (the towers, the LocCa decod
 the SILC / TIPS heads, the EMA teacher, the curriculum stage variable, the seed
 generators' states: the RNG) and the optimizer's variables (step counter, moments).
 The data position is the optimizer step (`image_text_dataset(start_batch=step)`).
+A pretrainer's resolution stage (after the 95 % resolution switch or the NaFlex switch)
+is recorded in the checkpoint's metadata; restoring rebuilds the towers for it first.
 
 - Sharded arrays are written shard by shard by the processes that hold them (no
   gathering onto one host); restoring reads each shard into the layout the variables
@@ -123,6 +125,8 @@ class Checkpoints:
         ocp = self._ocp
         state = _tree(model, lambda v: v.value)
         meta = {"step": int(step), "variables": _signature(model)}
+        if hasattr(model, "resolution_stage"):  # a pretrainer after a tower switch
+            meta["resolution_stage"] = model.resolution_stage()
         self.manager.save(
             int(step),
             args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
@@ -146,6 +150,9 @@ class Checkpoints:
         t0 = time.time()
         meta = self.manager.restore(step, args=ocp.args.Composite(
             **{_META: ocp.args.JsonRestore()}))[_META]
+        if meta.get("resolution_stage") and hasattr(model, "enter_resolution_stage"):
+            # Saved after the resolution or NaFlex switch: rebuild the towers first.
+            model.enter_resolution_stage(meta["resolution_stage"])
         problem = _mismatch(meta.get("variables", {}), _signature(model))
         if problem:
             raise ValueError(

@@ -7,11 +7,13 @@ At `start` (0.9) of training the callback calls `SigLIP2Pretrainer.switch_to_naf
 the fixed tower becomes a NaFlex tower in place (position embedding to the learned
 grid), the optimizer state is carried over, SILC / TIPS are turned off. Progress counts
 optimizer steps as the other curriculum callbacks (`training/callbacks.py`), and the
-stage is saved in the pretrainer's variables, so a run resumed from a checkpoint after
-the switch reloads as NaFlex and the callback does nothing more. The data: after the
-switch the step takes the NaFlex inputs when the batch has them (a pipeline switching
-its views), else cuts the batch's "images" into patches. Do not combine with
-`ResolutionAdaptation` (a fixed-resolution stage).
+stage is saved in the pretrainer's variables (and a checkpoint's metadata), so a run
+resumed after the switch reloads as NaFlex and the callback does nothing more. The
+data: after the switch the step takes the NaFlex inputs when the batch has them (`train`
+fits the NaFlex stage on NaFlex views of the data, aspect kept, the sequence length
+drawn per batch: `training/recipes/naflex_stage.py`), else cuts the batch's "images"
+into patches. Do not combine with `ResolutionAdaptation` (a fixed-resolution stage);
+with `LossCurriculum`, start after it (SILC / TIPS are off after the switch).
 """
 
 from keras_siglip2.checks import check_positive_int

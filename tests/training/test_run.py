@@ -21,9 +21,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(preset dir, csv path) : a tiny fixed-resolution preset and 12 image-caption rows."""
+    return make_setup(tmp_path_factory.mktemp("train_run"))
+
+
+def make_setup(root):
+    """Writes the tiny preset and the CSV of `_examples()` under `root`."""
     from keras_siglip2.training.data.sources import write_csv
 
-    root = tmp_path_factory.mktemp("train_run")
     preset = make_tiny_preset(root / "preset", tiny_spm_proto())
     csv_path = write_csv(str(root / "data" / "captions.csv"), _examples())
     return preset, csv_path

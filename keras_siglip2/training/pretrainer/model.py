@@ -339,6 +339,25 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, NaFlexMixin, LossTer
 
     # ------------------------------------------------------------------ saving
 
+    def resolution_stage(self):
+        """The saved resolution stage, `vision_resolution` as 3 ints: (h, w, patch)
+        after the resolution switch, (G, max_num_patches, 0) after the NaFlex switch,
+        zeros before either (`training.checkpoint` records it with each checkpoint)."""
+        return [int(v) for v in ops.convert_to_numpy(self.vision_resolution)]
+
+    def enter_resolution_stage(self, stage):
+        """Rebuilds the towers for a saved `resolution_stage()` (the resolution switch
+        at its size, or the NaFlex switch), so that the weights saved in that stage
+        (loaded next) fit; nothing when the model is already in it."""
+        height, width, patch = (int(v) for v in stage)
+        vision = self.backbone.vision_encoder
+        if patch and (
+            (height, width) != tuple(vision.image_size) or patch != vision.patch_size
+        ):
+            self.adapt_resolution((height, width), patch)
+        elif not patch and height and self.fixed_resolution:
+            self.switch_to_naflex(max_num_patches=width, position_grid_size=height)
+
     def save_own_variables(self, store):
         own = self._trainable_variables + self._non_trainable_variables
         for i, v in enumerate(own):
@@ -355,18 +374,7 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, NaFlexMixin, LossTer
                 "configured differently (decoder / self_distillation / masked_prediction)."
             )
         index = {id(v): i for i, v in enumerate(own)}
-        resolution = np.asarray(store[f"{index[id(self.vision_resolution)]}"])
-        height, width, patch = (int(v) for v in resolution)
-        vision = self.backbone.vision_encoder
-        if patch and (
-            (height, width) != tuple(vision.image_size) or patch != vision.patch_size
-        ):
-            # Saved after the resolution switch: rebuild the towers at that size first,
-            # so that the backbone's weights (loaded next) fit.
-            self.adapt_resolution((height, width), patch)
-        elif not patch and height and self.fixed_resolution:
-            # Saved after `switch_to_naflex`: (G, max_num_patches, 0).
-            self.switch_to_naflex(max_num_patches=width, position_grid_size=height)
+        self.enter_resolution_stage(np.asarray(store[f"{index[id(self.vision_resolution)]}"]))
         for i, v in enumerate(own):
             v.assign(store[f"{i}"])
         self.seed_generator.state.assign(store[f"{len(own)}"])

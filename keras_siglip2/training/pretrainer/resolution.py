@@ -5,7 +5,6 @@ stem PI-resized (FlexiViT), and the optimizer state carried over to the new vari
 `carry_optimizer_state` is shared with the NaFlex switch (`naflex.py`).
 """
 
-import keras
 import numpy as np
 from keras import ops
 

@@ -59,7 +59,9 @@ class TrainConfig:
             Only with `curate_with`.
         naflex_from: None, or the fraction of training in (0, 1) at which a
             fixed-resolution preset continues as a NaFlex model (the paper's NaFlex
-            variants: from 90 %, sec. 2.4.2), by `training.naflex_switch.NaFlexSwitch`.
+            variants: from 90 %, sec. 2.4.2), by `training.naflex_switch.NaFlexSwitch`,
+            with aspect-preserving NaFlex views of the data from then on
+            (`recipes/naflex_stage.py`); after SILC / TIPS (80 %) when they are on.
         naflex_lengths: the sequence lengths the NaFlex stage draws per batch; None =
             the paper's (128, 256, 576, 784, 1024). Only with `naflex_from`.
         balance_attributes, balance_proxies: None, or the names of the sensitive

@@ -1,6 +1,6 @@
 """The optional stages of a `train` run (paper sec. 2.2, 2.4.2, 2.5) and what the run
 reports about them: ACID curation against a reference preset (`ActiveCurator`), the
-NaFlex stage (`NaFlexSwitch`), the LocCa tasks the data allows (one warning when it has
+NaFlex stage's start line, the LocCa tasks the data allows (one warning when it has
 no region boxes), and the progress lines that name them."""
 
 import os
@@ -13,8 +13,6 @@ from keras_siglip2.models import SigLIP2Backbone
 from keras_siglip2.presets import resolve_preset
 from keras_siglip2.training.curation import ActiveCurator
 from keras_siglip2.training.data.balancing import MomentMatchingBalancer
-from keras_siglip2.training.data.pipeline import NAFLEX_SEQUENCE_LENGTHS
-from keras_siglip2.training.naflex_switch import NaFlexSwitch
 from keras_siglip2.training.pretrainer import CURATION_METRICS, resolve_teacher_losses
 
 
@@ -47,16 +45,6 @@ def _host_batch_size(config, run):
     the super-batch ACID selects it from."""
     per_host = config.batch_size // run.num_hosts
     return per_host if run.curator is None else run.curator.super_batch_size(per_host)
-
-
-def _naflex_switch(config):
-    """The NaFlex stage callback (paper sec. 2.4.2): from `naflex_from` of the steps
-    the fixed tower continues as a NaFlex tower. Its sequence length is the largest of
-    `naflex_lengths`: the step cuts the fixed-size "images" into patches and pads them
-    to it (per-batch sampling of the lengths in the data views is not built yet)."""
-    lengths = tuple(config.naflex_lengths or NAFLEX_SEQUENCE_LENGTHS)
-    return NaFlexSwitch(config.naflex_from, max_num_patches=max(lengths),
-                        total_steps=config.steps)
 
 
 def balancing_options(config):

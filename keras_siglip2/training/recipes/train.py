@@ -34,7 +34,9 @@ NaFlex presets (sec. 2.4.2) train with the sigmoid and LocCa losses only (no SIL
 TIPS, as the paper's NaFlex stage): the pipeline gives NaFlex views (aspect-preserving
 patches) with the sequence length drawn per batch from `naflex_sequence_lengths` (the
 paper's {128, 256, 576, 784, 1024} by default); the jitted step is compiled once per
-length.
+length. A fixed-resolution preset with `naflex_from` continues as a NaFlex model from
+that fraction of the steps, on NaFlex views with `naflex_lengths`, and is saved as a
+NaFlex preset (`naflex_stage.py`).
 
 Not covered: the 95 % resolution switch of fixed-resolution presets (the preset already
 has its final resolution; use `ResolutionAdaptation` directly for that).
@@ -47,13 +49,16 @@ import time
 
 import keras
 
-from keras_siglip2.console import progress_bar
 from keras_siglip2.convert.common import save_preset
-from keras_siglip2.distribution import barrier, gathered_copy, to_numpy
+from keras_siglip2.distribution import barrier, gathered_copy
 from keras_siglip2.models import SigLIP2Backbone
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 from keras_siglip2.preprocessing import SigLIP2Preprocessor
-from keras_siglip2.training.callbacks import LossCurriculum
+from keras_siglip2.training.callbacks import (
+    SELF_DISTILLATION_START,
+    LossCurriculum,
+    check_naflex_after_teacher,
+)
 from keras_siglip2.training.checkpoint import CheckpointCallback, restore_latest
 from keras_siglip2.training.data.augment import silc_local_size
 from keras_siglip2.training.data.pipeline import (
@@ -81,6 +86,20 @@ from keras_siglip2.training.recipes.hosts import (  # noqa: F401 (part of this A
     _start_hosts,
     setup_hosts,
 )
+from keras_siglip2.training.recipes.progress import (  # noqa: F401 (part of this API)
+    TrainProgress,
+    _make_callbacks,
+    _restored_step,
+    _step_of,
+)
+from keras_siglip2.training.recipes.naflex_stage import (
+    naflex_preprocessor,
+    naflex_switch,
+    naflex_views,
+    phase_ends,
+    preset_converter,
+    stage_lengths,
+)
 from keras_siglip2.training.recipes.stages import (  # noqa: F401 (part of this API)
     LoccaTasksCheck,
     LoccaTasksWarning,
@@ -89,7 +108,6 @@ from keras_siglip2.training.recipes.stages import (  # noqa: F401 (part of this 
     _host_batch_size,
     _locca_tasks,
     _make_curator,
-    _naflex_switch,
     _start_line,
     balancing_options,
     balancing_statistics,
@@ -106,13 +124,7 @@ def dataset_views(backbone, decoder, self_distillation, masked_prediction,
     the paper's), SILC local crops, the TIPS mask, LocCa targets (matching the
     decoder's location bins and length)."""
     if not isinstance(backbone.vision_encoder, SigLIP2VisionEncoder):
-        return {
-            "views": ("naflex",),
-            "naflex_sequence_lengths": (NAFLEX_SEQUENCE_LENGTHS
-                                        if naflex_sequence_lengths is None
-                                        else tuple(naflex_sequence_lengths)),
-            "locca": decoder is not None,
-        }
+        return naflex_views(decoder, naflex_sequence_lengths or NAFLEX_SEQUENCE_LENGTHS)
     views = ["image"]
     kwargs = {}
     if self_distillation:
@@ -140,63 +152,6 @@ def _locca_options(decoder, tokenizer):
     }
 
 
-def _step_of(model):
-    return int(to_numpy(model.optimizer.iterations))
-
-
-def _restored_step(pretrainer, backup_dir):
-    """Non-JAX backends: the optimizer step of the `BackupAndRestore` checkpoint in
-    `backup_dir` (0 without one); loads it into `pretrainer` (BackupAndRestore loads it
-    again at the start of fit)."""
-    path = os.path.join(backup_dir, "latest.weights.h5")
-    if not os.path.isfile(path):
-        return 0
-    if not pretrainer.optimizer.built:
-        pretrainer.optimizer.build(pretrainer.trainable_variables)
-    pretrainer.load_weights(path)
-    return _step_of(pretrainer)
-
-
-class TrainProgress(keras.callbacks.Callback):
-    """One progress bar over all steps; keeps the last logs of each epoch and stops
-    `fit` once the optimizer has made `total_steps` steps."""
-
-    def __init__(self, total_steps, verbose=True):
-        super().__init__()
-        self.total_steps = total_steps
-        self.verbose = verbose
-        self.records = []
-        self.last_logs = {}
-        self.step = 0
-        self.bar = None
-
-    def on_train_begin(self, logs=None):
-        self.bar = progress_bar(self.total_steps, verbose=self.verbose)
-        self.step = None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.step is None:  # after BackupAndRestore has restored the step
-            self.step = _step_of(self.model)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        self.last_logs = {k: float(to_numpy(v)) for k, v in (logs or {}).items()}
-        loss = self.last_logs.get("loss")
-        if self.bar is not None:
-            self.bar.update(min(self.step, self.total_steps),
-                            values=[] if loss is None else [("loss", loss)])
-        if self.step >= self.total_steps:
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(to_numpy(v)) for k, v in (logs or {}).items()}
-        self.records.append({"step": self.step, **logs})
-
-
-def _make_callbacks(total_steps, verbose):
-    return TrainProgress(total_steps, verbose)
-
-
 # --------------------------------------------------------------------------- the run
 @dataclasses.dataclass
 class _Run:
@@ -220,6 +175,7 @@ class _Run:
     start_step: int = 0
     checkpoints: object = None
     dataset: object = None
+    naflex_dataset: object = None
     data_kwargs: dict = None
     progress: object = None
     backup: object = None
@@ -261,6 +217,9 @@ def _build_pretrainer(config, run):
     sd, mp = teacher_losses(run.backbone.vision_encoder, config.self_distillation,
                             config.masked_prediction)
     run.self_distillation, run.masked_prediction = sd, mp
+    if (sd or mp) and config.naflex_from is not None:
+        check_naflex_after_teacher(SELF_DISTILLATION_START, config.naflex_from,
+                                   config.steps)
     run.pretrainer = SigLIP2Pretrainer(
         run.backbone, decoder="locca" if config.decoder else None, self_distillation=sd,
         masked_prediction=mp, seed=config.seed, curator=run.curator,
@@ -283,36 +242,51 @@ def _restore(config, run):
         )
 
 
-def _make_dataset(config, run):
+def _make_dataset(config, run, naflex_stage=False):
     """The image-text dataset of this host's share, with the views the losses need,
-    starting at the next unseen batch."""
+    starting at the next unseen batch; `naflex_stage`: the NaFlex stage's views of a
+    fixed-resolution run (`naflex_stage.py`), from its switch step."""
     if config.mesh is None:
         run.num_hosts, run.host_index = default_host()
-    pretrainer = run.pretrainer
-    run.data_kwargs = dataset_views(
-        run.backbone, pretrainer.decoder, run.self_distillation, run.masked_prediction,
-        config.naflex_sequence_lengths)
+    pretrainer, preprocessor = run.pretrainer, run.preprocessor
+    start_batch = max(_step_of(pretrainer), run.start_step)
+    if naflex_stage:
+        lengths = stage_lengths(config)
+        kwargs = naflex_views(pretrainer.decoder, lengths)
+        preprocessor = naflex_preprocessor(
+            preprocessor, run.backbone.vision_encoder.patch_size, lengths)
+    else:
+        kwargs = dataset_views(
+            run.backbone, pretrainer.decoder, run.self_distillation,
+            run.masked_prediction, config.naflex_sequence_lengths)
     if pretrainer.decoder is not None:
-        run.data_kwargs["locca_options"] = _locca_options(
+        kwargs["locca_options"] = _locca_options(
             pretrainer.decoder, run.preprocessor.tokenizer)
     paths = run.data_paths
-    run.dataset = image_text_dataset(
+    dataset = image_text_dataset(
         paths if len(paths) > 1 else paths[0],
-        run.preprocessor,
+        preprocessor,
         batch_size=_host_batch_size(config, run),
         seed=config.seed,
-        start_batch=run.start_step,
+        start_batch=start_batch,
         num_hosts=run.num_hosts,
         host_index=run.host_index,
         format=config.data_format,
         default_language=config.default_language,
-        **run.data_kwargs,
+        **kwargs,
         **balancing_options(config),
     )
+    if naflex_stage:
+        run.naflex_dataset = dataset
+    else:
+        run.dataset, run.data_kwargs = dataset, kwargs
+    return dataset
 
 
 def _fit(config, run, callbacks):
-    """`fit` in epochs of `checkpoint_every` steps, from the restored step."""
+    """`fit` in epochs of `checkpoint_every` steps, from the restored step; one `fit`
+    per phase of the run (`naflex_stage.phase_ends`: a NaFlex stage is a second phase
+    on its own dataset)."""
     steps_per_epoch = run.checkpoint_every
     run.progress = _make_callbacks(config.steps, run.verbose)
     if run.checkpoints is not None:
@@ -321,18 +295,24 @@ def _fit(config, run, callbacks):
         run.backup = keras.callbacks.BackupAndRestore(run.backup_dir)
     callbacks = [run.backup, run.progress, *(callbacks or [])]
     if run.pretrainer.uses_teacher:
-        callbacks.insert(0, LossCurriculum(total_steps=config.steps))
+        callbacks.insert(0, LossCurriculum(SELF_DISTILLATION_START, config.steps))
     if config.naflex_from is not None:
-        callbacks.insert(0, _naflex_switch(config))
+        callbacks.insert(0, naflex_switch(config))
     if run.pretrainer.decoder is not None:
         callbacks.append(LoccaTasksCheck(run.dataset))
     if run.verbose:
         print(_start_line(config, run))
     t1 = time.time()
-    initial_epoch = run.start_step // steps_per_epoch if run.checkpoints is not None else 0
-    run.pretrainer.fit(run.dataset, epochs=math.ceil(config.steps / steps_per_epoch),
-                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0,
-                       shuffle=False, initial_epoch=initial_epoch)
+    for phase, end in enumerate(phase_ends(config)):
+        step = _step_of(run.pretrainer)
+        if step >= end:
+            continue
+        dataset = run.dataset if phase == 0 else _make_dataset(config, run, True)
+        run.progress.stop_at = end
+        initial_epoch = step // steps_per_epoch if run.checkpoints is not None else 0
+        run.pretrainer.fit(dataset, epochs=math.ceil(config.steps / steps_per_epoch),
+                           steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                           verbose=0, shuffle=False, initial_epoch=initial_epoch)
     run.train_s = time.time() - t1
 
 
@@ -368,8 +348,9 @@ def _summary(config, run):
     summary["curation"] = _curation_summary(config, run)
     summary["balancing"] = balancing_statistics(run.dataset)
     summary["naflex_stage"] = (None if config.naflex_from is None else {
-        "from": config.naflex_from,
-        "lengths": list(config.naflex_lengths or NAFLEX_SEQUENCE_LENGTHS)})
+        "from": config.naflex_from, "switch_step": phase_ends(config)[0],
+        "lengths": list(stage_lengths(config)),
+        "data_report": _report_dict(run.naflex_dataset)})
     return summary
 
 
@@ -379,7 +360,9 @@ def _save(config, run):
     trained = gathered_copy(run.pretrainer.backbone)  # on process 0; None on the others
     if run.host_index == 0:
         save_preset(trained, run.preset_out, tokenizer=run.preprocessor.tokenizer,
-                    image_converter=run.preprocessor.image_converter, overwrite=True)
+                    image_converter=preset_converter(trained, run.preprocessor,
+                                                     stage_lengths(config)),
+                    overwrite=True)
     summary = _summary(config, run)
     if run.host_index == 0:
         os.makedirs(run.out_dir, exist_ok=True)
