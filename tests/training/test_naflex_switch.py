@@ -95,3 +95,25 @@ def test_naflex_preset_is_refused():
         switch.on_train_begin()
     with pytest.raises(ValueError, match="max_num_patches"):
         tiny_pretrainer().switch_to_naflex(max_num_patches=0)
+
+
+def test_keras_file_saved_after_the_switch_reloads_as_naflex(tmp_path):
+    """A whole-model `.keras` file written after the switch reloads with the NaFlex
+    tower, its weights, and the NaFlex stage (no SILC / TIPS)."""
+    from keras_siglip2.training.pretrainer import SigLIP2Pretrainer
+
+    p = tiny_pretrainer()
+    p.switch_to_naflex(max_num_patches=4)
+    path = str(tmp_path / "after.keras")
+    p.save(path)
+    loaded = keras.saving.load_model(path, custom_objects={
+        "SigLIP2Pretrainer": SigLIP2Pretrainer})
+    assert isinstance(loaded.backbone.vision_encoder, SigLIP2NaFlexVisionEncoder)
+    assert loaded.active_terms == p.active_terms == ["sigmoid", "locca"]
+    np.testing.assert_array_equal(numpy(loaded.vision_resolution), [2, 4, 0])
+    assert len(loaded.backbone.weights) == len(p.backbone.weights)
+    for a, b in zip(p.backbone.weights, loaded.backbone.weights):
+        np.testing.assert_array_equal(numpy(a), numpy(b), err_msg=a.path)
+    images = images_to_naflex(tiny_batch()["images"], loaded.backbone.vision_encoder.patch_size)
+    np.testing.assert_allclose(numpy(loaded.backbone.vision_encoder(images)),
+                               numpy(p.backbone.vision_encoder(images)), rtol=1e-6)

@@ -416,6 +416,8 @@ class SigLIP2Pretrainer(TeacherStageMixin, ResolutionMixin, NaFlexMixin, LossTer
                 else keras.saving.serialize_keras_object(self.curator),
             }
         )
+        # After `switch_to_naflex`: the layout as built (see `NaFlexMixin`).
+        config.update(getattr(self, "_config_before_naflex", None) or {})
         return config
 
     @classmethod

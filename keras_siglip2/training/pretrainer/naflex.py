@@ -13,6 +13,7 @@ the NaFlex tower resizes per image to that image's patch grid. On a G x G image 
 NaFlex tower therefore computes what the fixed tower did.
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -106,6 +107,14 @@ class NaFlexMixin:
             )
         naflex = naflex_tower_from_fixed(vision, max_num_patches, position_grid_size)
         size, old_grid = naflex.position_grid_size, vision.grid_size
+        # `get_config` keeps describing the pretrainer as built (fixed tower, SILC /
+        # TIPS flags): a `.keras` file then rebuilds that layout, and loading its
+        # variables (`vision_resolution` first) makes this switch again.
+        self._config_before_naflex = {
+            "backbone": keras.layers.serialize(self.backbone),
+            "self_distillation": self.use_self_distillation,
+            "masked_prediction": self.use_masked_prediction,
+        }
         with self.editing_state():
             old_trainable = list(self.trainable_variables)
             self._replace_layer("backbone", rebuilt_backbone(self.backbone, naflex))
