@@ -148,6 +148,28 @@ def test_two_processes_full_recipe_with_acid_curation(setup, tmp_path):
     assert (out / "preset" / "model.weights.h5").exists()
 
 
+@pytest.mark.large
+def test_two_processes_naflex_stage_match_one_process(setup, tmp_path):
+    """`--naflex-from 0.5 --naflex-lengths 8,16` on 2 processes x 4 devices: from step
+    2 each host reads NaFlex views (both hosts draw the same length for a batch, or
+    the global batch could not be assembled); the NaFlex preset written equals the
+    1-process 8-device run's on the same global batches."""
+    options = (*SIGMOID_ONLY, "--naflex-from", "0.5", "--naflex-lengths", "8,16",
+               "--checkpoint-every", "2")
+    out = tmp_path / "two"
+    _two_processes(setup, out, "batch=8", *options)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_hosts"] == 2 and summary["steps"] == 4
+    assert summary["naflex_stage"]["switch_step"] == 2
+    config = json.loads((out / "preset" / "config.json").read_text())
+    assert "NaFlex" in json.dumps(config["config"]["vision_encoder"])
+    _one_process(setup, tmp_path / "one", "batch=8", *options)
+    two, one = _weights(out / "preset"), _weights(tmp_path / "one" / "preset")
+    diff = _max_diff(two, one)
+    print(f"NaFlex stage: max |2-process - 1-process| weight difference {diff:.2e}")
+    assert diff <= TOLERANCE, diff
+
+
 def test_hosts_read_disjoint_parts_of_the_records(setup):
     """Over one epoch, the 2 hosts' pipelines (per-host batch 2) deliver every record
     of the CSV exactly once between them."""
