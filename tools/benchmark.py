@@ -33,7 +33,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The rows register themselves in ROWS on import, in table order.
-from tools.bench import rows_inference, rows_profile, rows_naflex, rows_training, rows_memory, rows_scaling, rows_gpu  # noqa: E402,F401
+from tools.bench import (  # noqa: E402,F401  (this order)
+    rows_inference, rows_profile, rows_naflex, rows_training, rows_precision, rows_memory,
+    rows_scaling, rows_gpu,
+)
 # Re-exported: the names the tests and users reach as `benchmark.X`.
 from tools.bench.common import (  # noqa: E402,F401
     ROWS, NotAvailable, _now, alternate, free_memory, paired_ratio, progress, require,
