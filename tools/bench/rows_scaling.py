@@ -230,7 +230,7 @@ def _tower_train_contenders(spec):
 
 
 TRAIN_STEP = "sigmoid-only train step (batch {batch})"
-RING_TIME = "ring ({devices} simulated devices sharing the host's cores)"
+RING_TIME = "ring ({devices} simulated devices, shared cores)"
 
 
 def _ring_time_curve(cfg, spec):
@@ -321,6 +321,9 @@ def _plot_compute(path, plots):
             xs, ts = zip(*points)
             ax.loglog(xs, np.asarray(ts) * 1e3, "o-",
                       label=f"{name} (exponent {fitted_exponent(xs, ts):.2f})")
+        xs = sorted({x for points in curves.values() for x, _ in points})
+        ax.set_xticks(xs, [f"{x:,}" for x in xs])  # the measured points, no minor labels
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel(what)
         ax.set_ylabel("ms")
         ax.grid(True, which="both", alpha=0.3)
