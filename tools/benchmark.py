@@ -82,8 +82,10 @@ def main(argv=None):
     cfg = dict(QUICK if args.quick else FULL)
     if args.repeats is not None:
         cfg["repeats"] = args.repeats
-        for key in ("naflex", "training"):
+        for key in ("naflex", "training", "scaling"):
             cfg[key] = dict(cfg[key], repeats=args.repeats)
+        cfg["precision"] = dict(cfg["precision"],
+                                step=dict(cfg["precision"]["step"], repeats=args.repeats))
     start = _now()
     out = Path(args.out) if args.out else ROOT / ("build/bench-quick" if args.quick else "docs")
     ctx = {"notes": {}, "out": out, "plots": []}  # rows may write plots into `out`
