@@ -48,3 +48,35 @@ def test_train_step_flops_of_a_pretrainer_never_run():
         BATCH, length, locca.decoder.hidden_dim, locca.decoder.vocabulary_size, tasks=1)
     assert base > 0
     assert with_locca - base > projection
+
+
+def test_chunked_projection_flops_by_hand():
+    # V = 10 in blocks of 4: 3 blocks (the last at columns 6..9, overlapping); per
+    # block 1 task x 2 x 3 tokens x 4 x 4 columns x 2 FLOPs x 4 matmuls = 768.
+    assert rows_training.chunked_projection_flops(2, 3, 4, 10, 4, tasks=1) == (2304, 768)
+    # A chunk wider than the vocabulary is one block of the whole vocabulary.
+    assert rows_training.chunked_projection_flops(2, 3, 4, 10, 64, tasks=1) == (1920, 1920)
+
+
+def test_chunked_projection_flops_match_xla_for_one_block():
+    """XLA's own count of the chunked LocCa loss + gradients: with one block it is the
+    analytic 4 matmuls (plus a few % of elementwise work); with 4 blocks it counts one
+    block (the scan body once), which is why the row adds the missing iterations."""
+    import jax
+    import numpy as np
+
+    from keras_siglip2.training.losses.locca import locca_loss_from_features
+    from tools.bench.common import xla_flops
+
+    b, length, d, v = 4, 8, 32, 1024
+    shapes = (jax.ShapeDtypeStruct((b, length, d), np.float32),
+              jax.ShapeDtypeStruct((d, v), np.float32), jax.ShapeDtypeStruct((v,), np.float32),
+              jax.ShapeDtypeStruct((b, length), np.int32),
+              jax.ShapeDtypeStruct((b, length), np.float32))
+    for chunk in (v, v // 4):
+        grad = jax.value_and_grad(
+            lambda h, w, bias, t, m, c=chunk: locca_loss_from_features(
+                h, w, bias, t, m, vocabulary_chunk=c), argnums=(0, 1, 2))
+        counted = xla_flops(jax.jit(grad).lower(*shapes))
+        _, one_block = rows_training.chunked_projection_flops(b, length, d, v, chunk, tasks=1)
+        assert one_block <= counted <= 1.1 * one_block, (chunk, counted, one_block)
