@@ -33,7 +33,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The rows register themselves in ROWS on import, in table order.
-from tools.bench import rows_inference, rows_profile, rows_naflex, rows_training, rows_memory, rows_scaling, rows_gpu  # noqa: E402,F401
+from tools.bench import (  # noqa: E402,F401  (this order)
+    rows_inference, rows_profile, rows_naflex, rows_training, rows_precision, rows_memory,
+    rows_scaling, rows_gpu,
+)
 # Re-exported: the names the tests and users reach as `benchmark.X`.
 from tools.bench.common import (  # noqa: E402,F401
     ROWS, NotAvailable, _now, alternate, free_memory, paired_ratio, progress, require,
@@ -79,8 +82,10 @@ def main(argv=None):
     cfg = dict(QUICK if args.quick else FULL)
     if args.repeats is not None:
         cfg["repeats"] = args.repeats
-        for key in ("naflex", "training"):
+        for key in ("naflex", "training", "scaling"):
             cfg[key] = dict(cfg[key], repeats=args.repeats)
+        cfg["precision"] = dict(cfg["precision"],
+                                step=dict(cfg["precision"]["step"], repeats=args.repeats))
     start = _now()
     out = Path(args.out) if args.out else ROOT / ("build/bench-quick" if args.quick else "docs")
     ctx = {"notes": {}, "out": out, "plots": []}  # rows may write plots into `out`

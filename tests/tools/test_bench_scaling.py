@@ -46,3 +46,23 @@ def test_curve_entries_fit_each_curve():
     assert entries["a: time exponent over N = 128..512"]["value"] == pytest.approx(2.0)
     assert entries["b: time exponent over N = 1..2"]["value"] == pytest.approx(1.0)
     assert "256: 4 ms" in entries["a: time exponent over N = 128..512"]["note"]
+
+
+def test_timed_curves_group_points_by_curve():
+    runs = {("a", 1): lambda: None, ("a", 2): lambda: None, ("b", 8): lambda: None}
+    curves = rows_scaling._timed_curves(runs, repeats=1, min_seconds=0.0)
+    assert list(curves) == ["a", "b"]
+    assert [x for x, _ in curves["a"]] == [1, 2] and [x for x, _ in curves["b"]] == [8]
+    assert all(t > 0 for points in curves.values() for _, t in points)
+
+
+@pytest.mark.large  # a subprocess importing the benchmark: 10-30 s
+def test_ring_loss_time_child_runs_on_simulated_devices():
+    """The subprocess with 8 simulated devices executes the ring loss + gradients at
+    each batch and reports a time per batch."""
+    out = rows_scaling._ring_time_curve({"min_seconds": 0.0}, {
+        "step_batches": [64, 128], "dim": 16, "repeats": 1})
+    assert isinstance(out, dict), out
+    (name, points), = out.items()
+    assert name == rows_scaling.RING_TIME.format(devices=8)
+    assert [b for b, _ in points] == [64, 128] and all(t > 0 for _, t in points)

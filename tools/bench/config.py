@@ -41,6 +41,20 @@ FULL = {
                  "batch": 8, "repeats": 9, "local_crops": 8, "local_image_size": 96,
                  "pipeline_images": 64,
                  "source_size": 256, "pipeline_batches": 4},
+    # bf16 vs float32 (issue 19 item 2): the step at the training row's size, the
+    # 50-step loss comparison at a small size (about 1 min of compiling and stepping).
+    "precision": {
+        "step": {"arch": "Ti/16-224 towers at depth 6 (as the training row)",
+                 "vision": dict(patch_size=16, hidden_dim=192, num_layers=6, num_heads=3,
+                                intermediate_dim=768, image_size=224),
+                 "text": dict(vocabulary_size=32000, hidden_dim=192, num_layers=6,
+                              num_heads=3, intermediate_dim=768, projection_dim=192,
+                              max_sequence_length=64),
+                 "batch": 8, "repeats": 5},
+        "loss_run": {"arch": "width 64, 2 layers, 32 px, text length 16, vocabulary 1,000",
+                     "vision": TINY_VISION, "text": TINY_TEXT, "recipe": "full",
+                     "batch": 16, "examples": 64, "steps": 50, "learning_rate": 1e-3},
+    },
     "loss_memory": {"batches": [4096, 16384], "dim": 768, "chunk_size": 1024},
     # Compiled only (never run): B = 65,536 costs seconds; 65,536 is the peers' figure.
     "scaling": {"batches": [256, 1024, 4096, 16384, 32768, 65536], "dim": 768,
@@ -50,6 +64,9 @@ FULL = {
                                       num_heads=12, intermediate_dim=3072,
                                       position_grid_size=16),
                 "image_size": 224,
+                # The train step vs tower size: batch 4, text of 16 tokens over a 1,000
+                # vocabulary (about 1 min for the three sizes at depth 2 on 2 cores).
+                "train_batch": 4, "train_text_length": 16, "train_vocabulary": 1000,
                 "towers": {"Ti": dict(patch_size=16, hidden_dim=192, num_layers=2,
                                       num_heads=3, intermediate_dim=768),
                            "S": dict(patch_size=16, hidden_dim=384, num_layers=2,
@@ -87,6 +104,14 @@ QUICK = {
                  "text": TINY_TEXT, "batch": 4, "repeats": 2, "local_crops": 2,
                  "local_image_size": 16,
                  "pipeline_images": 8, "source_size": 48, "pipeline_batches": 2},
+    "precision": {
+        "step": {"arch": "tiny (width 64, 2 layers, 32 px)", "vision": TINY_VISION,
+                 "text": TINY_TEXT, "batch": 4, "repeats": 2},
+        # sigmoid only: compiling the full recipe twice would double the smoke run's row
+        "loss_run": {"arch": "tiny (width 64, 2 layers, 32 px)", "vision": TINY_VISION,
+                     "text": TINY_TEXT, "recipe": "sigmoid", "batch": 4, "examples": 8,
+                     "steps": 4, "learning_rate": 1e-3},
+    },
     "loss_memory": {"batches": [256, 1024], "dim": 64, "chunk_size": 128},
     "scaling": {"batches": [256, 512, 1024], "dim": 64, "chunk_size": 128,
                 "step_batches": [64, 128, 256], "repeats": 2, "lengths": [16, 32],
@@ -94,6 +119,7 @@ QUICK = {
                                       num_heads=4, intermediate_dim=128,
                                       position_grid_size=4),
                 "image_size": 32,
+                "train_batch": 2, "train_text_length": 8, "train_vocabulary": 100,
                 "towers": {"tiny": dict(patch_size=8, hidden_dim=32, num_layers=1,
                                         num_heads=2, intermediate_dim=64),
                            "small": dict(patch_size=8, hidden_dim=64, num_layers=1,

@@ -117,7 +117,15 @@ DISTRIBUTED_DEVICES = 8
 def _distributed_loss_memory(spec):
     """{"devices": n, "batches": {B: (temp, total)}} from a subprocess with simulated
     devices, or the reason (str) it is not available."""
+    args = {"batches": spec["batches"], "dim": spec["dim"]}
+    return run_simulated_devices_child("distributed_loss_memory", args)
 
+
+def run_simulated_devices_child(name, args):
+    """Runs the child `name` of CHILDREN (`tools/benchmark.py --child`) in a subprocess
+    with DISTRIBUTED_DEVICES simulated CPU devices (XLA_FLAGS=
+    --xla_force_host_platform_device_count); returns the JSON it prints last, or the
+    reason (str) the ring loss is not available."""
     try:
         require("keras_siglip2.training.losses.distributed", "ring_sigmoid_loss_fn")
     except NotAvailable as e:
@@ -126,37 +134,65 @@ def _distributed_loss_memory(spec):
                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                           f"device_count={DISTRIBUTED_DEVICES}").strip(),
                JAX_PLATFORMS="cpu")
-    args = {"batches": spec["batches"], "dim": spec["dim"], "devices": DISTRIBUTED_DEVICES}
+    args = dict(args, devices=DISTRIBUTED_DEVICES)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--child", "distributed_loss_memory",
+        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--child", name,
          "--child-args", json.dumps(args)],
         env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"distributed loss subprocess failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{name} subprocess failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def child_distributed_loss_memory(args):
-    """(In the subprocess.) Compiles the ring loss + gradients over a 1-D mesh."""
+def _ring_mesh_and_grad(n):
+    """(mesh, sharded, replicated, jax.value_and_grad of the ring loss) over the first
+    n devices."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from keras_siglip2.training.losses.distributed import ring_sigmoid_loss_fn
 
-    n = args["devices"]
     if len(jax.devices()) < n:
         raise RuntimeError(f"expected {n} simulated devices, got {len(jax.devices())}")
     mesh = Mesh(np.array(jax.devices()[:n]), ("batch",))
-    fn = ring_sigmoid_loss_fn(mesh, "batch")
-    grad = jax.value_and_grad(fn, argnums=(0, 1, 2, 3))
-    sharded = NamedSharding(mesh, PartitionSpec("batch"))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    grad = jax.value_and_grad(ring_sigmoid_loss_fn(mesh, "batch"), argnums=(0, 1, 2, 3))
+    return (mesh, NamedSharding(mesh, PartitionSpec("batch")),
+            NamedSharding(mesh, PartitionSpec()), grad)
+
+
+def child_distributed_loss_memory(args):
+    """(In the subprocess.) Compiles the ring loss + gradients over a 1-D mesh."""
+    import jax
+
+    _, sharded, replicated, grad = _ring_mesh_and_grad(args["devices"])
     out = {}
     for batch in args["batches"]:
         emb = jax.ShapeDtypeStruct((batch, args["dim"]), np.float32, sharding=sharded)
         scalar = jax.ShapeDtypeStruct((), np.float32, sharding=replicated)
         out[str(batch)] = compiled_memory(grad, emb, emb, scalar, scalar)
-    print(json.dumps({"devices": n, "batches": out}))
+    print(json.dumps({"devices": args["devices"], "batches": out}))
 
 
-CHILDREN = {"distributed_loss_memory": child_distributed_loss_memory}
+def child_distributed_loss_time(args):
+    """(In the subprocess.) Times the ring loss + gradients (executed on the simulated
+    devices, which share the host's cores) per global batch, in alternation."""
+    import jax
+
+    from tools.bench.common import alternate
+
+    _, sharded, replicated, grad = _ring_mesh_and_grad(args["devices"])
+    rng = np.random.RandomState(0)
+    runs = {}
+    for batch in args["batches"]:
+        emb = [jax.device_put(rng.normal(size=(batch, args["dim"])).astype(np.float32),
+                              sharded) for _ in range(2)]
+        scalars = [jax.device_put(np.float32(v), replicated) for v in (2.3, -10.0)]
+        compiled = jax.jit(grad).lower(*emb, *scalars).compile()
+        runs[str(batch)] = (lambda c=compiled, a=(*emb, *scalars):
+                            jax.block_until_ready(c(*a)))
+    timing = alternate(runs, args["repeats"], args["min_seconds"])
+    print(json.dumps({"devices": args["devices"], "median_s": timing["median_s"]}))
+
+
+CHILDREN = {"distributed_loss_memory": child_distributed_loss_memory,
+            "distributed_loss_time": child_distributed_loss_time}

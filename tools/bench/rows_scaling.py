@@ -3,14 +3,22 @@ of the sigmoid loss + gradients (paper sec. 2.1, SigLIP's pairwise sigmoid loss)
 the global batch B, for the plain (B x B logits), chunked (B x chunk blocks) and ring
 (8 simulated devices, (B/8) x (B/8) blocks per device) forms; fitted exponents (the
 slope of log memory vs log B) and a log-log PNG plot. Compiled, never run, so B up to
-65,536 costs seconds (XLA's memory analysis, as the "loss_memory" row)."""
+65,536 costs seconds (XLA's memory analysis, as the "loss_memory" row).
+
+Row "scaling_compute" (the time part): executed step / forward times with their fitted
+exponents vs the global batch (the loss + gradients: plain, chunked, and the ring form
+on simulated devices), vs the NaFlex sequence length, and vs the tower size (Ti, S, B
+at reduced depth: the image forward and a sigmoid-only SigLIP2Pretrainer train step),
+plotted in scaling_compute.png."""
 
 import math
 
 import numpy as np
 
 from tools.bench.common import entry, progress, require, row, unavailable
-from tools.bench.rows_memory import DISTRIBUTED_DEVICES, _distributed_loss_memory, compiled_memory
+from tools.bench.rows_memory import (
+    DISTRIBUTED_DEVICES, _distributed_loss_memory, compiled_memory, run_simulated_devices_child,
+)
 
 # The figures issue 19 quotes for the loss at B = 65,536 on an H100 (not re-measured here).
 PEERS_AT_65536 = {"open_clip SigLipLoss": 33e9, "Triton siglip kernel": 736e6}
@@ -191,6 +199,64 @@ def _tower_contenders(spec):
     return runs
 
 
+def _tower_train_contenders(spec):
+    """{(train step name, width): run()}: one sigmoid-only SigLIP2Pretrainer train step
+    (forward + backward + AdamW update) per tower size, both towers of that size at the
+    same reduced depth (the text tower short, with a small vocabulary: the image tower
+    dominates)."""
+    import keras
+
+    build = require("keras_siglip2.models.factory", "build_backbone")
+    pretrainer_cls = require("keras_siglip2.training.pretrainer", "SigLIP2Pretrainer")
+    batch, length, vocab = (spec["train_batch"], spec["train_text_length"],
+                            spec["train_vocabulary"])
+    rng = np.random.RandomState(0)
+    size = spec["image_size"]
+    x = {"images": rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32"),
+         "token_ids": rng.randint(0, vocab, (batch, length)).astype("int32")}
+    runs = {}
+    for arch, tower in spec["towers"].items():
+        keras.utils.set_random_seed(0)
+        text = dict(vocabulary_size=vocab, max_sequence_length=length,
+                    projection_dim=tower["hidden_dim"],
+                    **{k: tower[k] for k in ("hidden_dim", "num_layers", "num_heads",
+                                             "intermediate_dim")})
+        model = pretrainer_cls(build(dict(tower, image_size=size), text), decoder=None,
+                               self_distillation=False, masked_prediction=False, seed=0)
+        model.compile(total_steps=10_000)
+        runs[(TRAIN_STEP.format(batch=batch), tower["hidden_dim"])] = (
+            lambda m=model: m.train_on_batch(x))
+    return runs
+
+
+TRAIN_STEP = "sigmoid-only train step (batch {batch})"
+RING_TIME = "ring ({devices} simulated devices, shared cores)"
+
+
+def _ring_time_curve(cfg, spec):
+    """{ring name: [(B, s)]} of the ring loss + gradients, timed in a subprocess with
+    simulated devices, or the reason (str) it is not available."""
+    out = run_simulated_devices_child("distributed_loss_time", {
+        "batches": spec["step_batches"], "dim": spec["dim"], "repeats": spec["repeats"],
+        "min_seconds": cfg["min_seconds"]})
+    if not isinstance(out, dict):
+        return out
+    return {RING_TIME.format(devices=out["devices"]): [
+        (b, out["median_s"][str(b)]) for b in spec["step_batches"]]}
+
+
+def _timed_curves(runs, repeats, min_seconds):
+    """Times {(curve, x): run()} in alternation; {curve: [(x, median s)]}."""
+    from tools.bench.common import alternate
+
+    timing = alternate({f"{k[0]} @ {k[1]}": fn for k, fn in runs.items()}, repeats,
+                       min_seconds)
+    curves = {}
+    for name, x in runs:
+        curves.setdefault(name, []).append((x, timing["median_s"][f"{name} @ {x}"]))
+    return curves
+
+
 def _curve_entries(curves, what, unit):
     entries = []
     for name, points in curves.items():
@@ -205,36 +271,43 @@ def _curve_entries(curves, what, unit):
 
 @row("scaling_compute", "Scaling: step / forward time vs batch, NaFlex length, tower size")
 def row_scaling_compute(cfg, ctx):
-    from tools.bench.common import alternate
-
     spec = cfg["scaling"]
-    sections = [
-        ("B", "B", _loss_step_contenders(spec["step_batches"], spec["dim"],
-                                         spec["chunk_size"])),
-        ("N", "N", _naflex_contenders(spec)),
-        ("width", "width", _tower_contenders(spec)),
-    ]
-    entries, plots = [], {}
-    for what, unit, runs in sections:
-        progress(f"scaling: timing {len(runs)} contenders (vs {what})")
-        timing = alternate({f"{k[0]} @ {k[1]}": fn for k, fn in runs.items()},
-                           spec["repeats"], cfg["min_seconds"])
-        curves = {}
-        for name, x in runs:
-            curves.setdefault(name, []).append((x, timing["median_s"][f"{name} @ {x}"]))
-        entries += _curve_entries(curves, what, unit)
-        plots[what] = curves
+    repeats, min_seconds = spec["repeats"], cfg["min_seconds"]
+    plots, entries = {}, []
+    progress("scaling: timing the loss steps (vs B)")
+    plots["B"] = _timed_curves(_loss_step_contenders(spec["step_batches"], spec["dim"],
+                                                     spec["chunk_size"]), repeats, min_seconds)
+    progress("scaling: timing the ring loss on simulated devices (vs B)")
+    ring = _ring_time_curve(cfg, spec)
+    if isinstance(ring, dict):
+        plots["B"].update(ring)
+    else:
+        entries.append(unavailable("ring form step time", ring))
+    progress("scaling: timing the NaFlex forwards (vs N)")
+    plots["N"] = _timed_curves(_naflex_contenders(spec), repeats, min_seconds)
+    progress("scaling: timing the tower forwards and train steps (vs width)")
+    plots["width"] = _timed_curves({**_tower_contenders(spec), **_tower_train_contenders(spec)},
+                                   repeats, min_seconds)
+    for what, curves in plots.items():
+        entries += _curve_entries(curves, what, what)
     out = ctx.get("out")
     if out is not None and _plot_compute(out / "scaling_compute.png", plots) is not None:
         ctx.setdefault("plots", []).append("scaling_compute.png")
+    depth = next(iter(spec["towers"].values()))["num_layers"]
     ctx["notes"].setdefault("scaling_compute", []).append(
-        f"Executed, timed in alternation ({spec['repeats']} rounds, medians). Loss step: "
-        f"jax.value_and_grad of the sigmoid loss, width {spec['dim']}, one device (the "
-        "ring form's time needs real devices: its memory is in scaling_loss_memory). "
+        f"Executed, timed in alternation ({repeats} rounds, medians). Loss step: "
+        f"jax.value_and_grad of the sigmoid loss, width {spec['dim']}, one device; the "
+        f"ring form on {DISTRIBUTED_DEVICES} simulated CPU devices in a subprocess "
+        "(timed in alternation across B there, not with the one-device forms; the "
+        "devices share the host's cores, so its time is the whole ring's work plus the "
+        "simulated transfers, not one device's). "
         f"NaFlex: {spec['naflex_vision']}, batch 1, random aspect ratios. Towers: "
         + ", ".join(f"{a} width {s['hidden_dim']}" for a, s in spec["towers"].items())
-        + f" at depth {next(iter(spec['towers'].values()))['num_layers']}, "
-        f"{spec['image_size']} px, batch 1. Exponents: least-squares slope in log-log.")
+        + f" at depth {depth}, {spec['image_size']} px: the image forward at batch 1, and "
+        "a sigmoid-only SigLIP2Pretrainer train step (forward + backward + AdamW, "
+        "siglip2_optimizer) with both towers of that width and depth, batch "
+        f"{spec['train_batch']}, text length {spec['train_text_length']}, vocabulary "
+        f"{spec['train_vocabulary']:,}. Exponents: least-squares slope in log-log.")
     return entries
 
 
@@ -248,6 +321,9 @@ def _plot_compute(path, plots):
             xs, ts = zip(*points)
             ax.loglog(xs, np.asarray(ts) * 1e3, "o-",
                       label=f"{name} (exponent {fitted_exponent(xs, ts):.2f})")
+        xs = sorted({x for points in curves.values() for x, _ in points})
+        ax.set_xticks(xs, [f"{x:,}" for x in xs])  # the measured points, no minor labels
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel(what)
         ax.set_ylabel("ms")
         ax.grid(True, which="both", alpha=0.3)

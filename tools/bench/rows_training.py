@@ -1,5 +1,6 @@
 """Row 4: the training step, sigmoid-only against keras-hub's fit and the full recipe against sigmoid-only, with the input pipeline's throughput."""
 
+import math
 import os
 
 import numpy as np
@@ -82,6 +83,8 @@ def row_training(cfg, ctx):
                 note=f"sigmoid-only step {flops[PRETRAINER_SIGMOID] / 1e9:.1f} GFLOPs; "
                      f"time ratio / FLOP ratio = {time_ratio / work_ratio:.2f} (1 = the "
                      "extra losses cost what their arithmetic costs)"))
+        entries += _curriculum_entries(timing, time_ratio)
+        entries += _breakdown_entries(pretrainers, flops, spec)
         crops = spec["local_crops"]
         if crops < 8:  # each extra crop: one more student forward + backward on a crop
             v, t = vision_flops(vision), text_flops(text)
@@ -112,58 +115,189 @@ def row_training(cfg, ctx):
         f"{spec['local_crops']} local crops of {spec['local_image_size']} px "
         "(local_image_size: the student runs on them with its position embedding resized, "
         "as DINO / SILC students do; the input pipeline makes the same crops) + TIPS, "
-        "after start_self_distillation() (the 80 % stage); LocCa fields are random token "
-        "ids.")
+        "after start_teacher_stage() (the 80 % stage); sigmoid + LocCa is the recipe "
+        "before that stage; LocCa fields are random token ids. The FLOP breakdown lowers "
+        "(never runs) the train steps of pretrainers with one added term each.")
     free_memory()
     return entries
 
 
 PRETRAINER_SIGMOID = "SigLIP2Pretrainer step (sigmoid only)"
+PRETRAINER_LOCCA = "SigLIP2Pretrainer step (sigmoid + LocCa)"
 PRETRAINER_FULL = "SigLIP2Pretrainer step (full recipe)"
+# Lowered for their FLOPs only (never run): one teacher loss each, after the 80 % switch.
+SIGMOID_SILC = "sigmoid + SILC"
+SIGMOID_TIPS = "sigmoid + TIPS"
+# The paper's curriculum (sec. 2.3): SILC and TIPS join at 80 % of training.
+TEACHER_STAGE_FRACTION = 0.8
+
+
+def curriculum_cost_ratio(locca_ratio, full_ratio, switch=TEACHER_STAGE_FRACTION):
+    """Whole-run cost relative to a sigmoid-only run when the steps before `switch`
+    (a fraction of training) cost `locca_ratio` sigmoid-only steps each (sigmoid +
+    LocCa) and the rest `full_ratio` (+ SILC + TIPS)."""
+    if not 0.0 <= switch <= 1.0:
+        raise ValueError(f"`switch` must be a fraction in [0, 1]; got {switch!r}.")
+    return switch * locca_ratio + (1.0 - switch) * full_ratio
+
+
+def locca_projection_flops(batch, length, width, vocabulary, tasks=3):
+    """FLOPs of the LocCa decoder's output projection in one train step: `tasks`
+    sequences of `length` tokens per example, each token a width x vocabulary matmul
+    (2 FLOPs per multiply-add), forward + the two backward matmuls (x 3)."""
+    return tasks * batch * length * width * vocabulary * 2 * 3
+
+
+def chunked_projection_flops(batch, length, width, vocabulary, chunk, tasks=3):
+    """(executed, counted): FLOPs of the LocCa projection in the pretrainer's chunked
+    cross-entropy (`token_cross_entropy_from_features`), which computes ceil(V / c)
+    blocks of c = min(chunk, V) columns (the last block overlaps its neighbour), each
+    with 4 matmuls (forward; in the backward pass the recomputed logits and the two
+    gradients), and the part of it XLA's cost analysis counts: a `lax.scan` body once,
+    i.e. one block."""
+    c = min(chunk, vocabulary)
+    per_block = tasks * batch * length * width * c * 2 * 4
+    return math.ceil(vocabulary / c) * per_block, per_block
 
 
 def _pretrainer_contenders(backbone, x, spec, rng):
-    """Train steps of SigLIP2Pretrainer, sigmoid only and full recipe (SILC / TIPS
-    switched on), on `backbone` (shared: only the step's speed is measured)."""
+    """Train steps of SigLIP2Pretrainer, sigmoid only, sigmoid + LocCa and full recipe
+    (SILC / TIPS switched on), on `backbone` (shared: only the step's speed is measured);
+    plus, for their FLOPs only, sigmoid + SILC and sigmoid + TIPS pretrainers.
+    Returns ({name: run()}, {name: (pretrainer, batch)})."""
     pretrainer_cls = require("keras_siglip2.training.pretrainer", "SigLIP2Pretrainer")
     batch = x["images"].shape[0]
-    sigmoid = pretrainer_cls(backbone, decoder=None, self_distillation=False,
-                             masked_prediction=False, seed=0)
-    sigmoid.compile(total_steps=10_000)
     local_size = spec["local_image_size"]
-    full = pretrainer_cls(backbone, decoder="locca", self_distillation=True,
-                          masked_prediction=True, seed=0, local_image_size=local_size)
-    full.compile(total_steps=10_000)
-    full.start_self_distillation()
+
+    def make(decoder, silc, tips):
+        model = pretrainer_cls(backbone, decoder=decoder, self_distillation=silc,
+                               masked_prediction=tips, seed=0,
+                               local_image_size=local_size if silc else None)
+        model.compile(total_steps=10_000)
+        if silc or tips:
+            model.start_teacher_stage()
+        return model
+
+    sigmoid, locca = make(None, False, False), make("locca", False, False)
+    full = make("locca", True, True)
     length = x["token_ids"].shape[1]
     vocab = full.decoder.vocabulary_size
     # The recipe's batch: LocCa's three tasks per example (B, 3, L), the teacher's
     # augmented global view, SILC's local crops.
-    full_x = dict(
+    locca_x = dict(
         x,
         decoder_token_ids=rng.randint(0, vocab, (batch, 3, length)).astype(np.int32),
         decoder_targets=rng.randint(0, vocab, (batch, 3, length)).astype(np.int32),
         decoder_weights=np.ones((batch, 3, length), np.float32),
+    )
+    teacher_x = dict(
+        x,
         teacher_images=np.flip(x["images"], axis=2).copy(),
         local_images=rng.uniform(
             -1, 1, (batch, spec["local_crops"], local_size, local_size, 3)).astype(np.float32),
     )
+    full_x = dict(locca_x, **teacher_x)
     contenders = {PRETRAINER_SIGMOID: lambda: sigmoid.train_on_batch(x),
+                  PRETRAINER_LOCCA: lambda: locca.train_on_batch(locca_x),
                   PRETRAINER_FULL: lambda: full.train_on_batch(full_x)}
-    return contenders, {PRETRAINER_SIGMOID: (sigmoid, x), PRETRAINER_FULL: (full, full_x)}
+    models = {PRETRAINER_SIGMOID: (sigmoid, x), PRETRAINER_LOCCA: (locca, locca_x),
+              PRETRAINER_FULL: (full, full_x),
+              SIGMOID_SILC: (make(None, True, False), teacher_x),
+              SIGMOID_TIPS: (make(None, False, True), teacher_x)}
+    return contenders, models
+
+
+def _curriculum_entries(timing, full_ratio):
+    """The sigmoid + LocCa step time against sigmoid-only (the steps before 80 %) and
+    the whole-run ratio it gives with the measured full-recipe ratio."""
+    if PRETRAINER_LOCCA not in timing["median_s"]:
+        return []
+    locca_ratio = paired_ratio(timing, PRETRAINER_SIGMOID, PRETRAINER_LOCCA)
+    whole = curriculum_cost_ratio(locca_ratio, full_ratio)
+    share = TEACHER_STAGE_FRACTION
+    return [
+        entry("sigmoid + LocCa step time / sigmoid-only step time",
+              timing["median_s"][PRETRAINER_LOCCA], "s per step", ratio=locca_ratio,
+              vs=PRETRAINER_SIGMOID,
+              note=f"the recipe's steps before {share:.0%} of training (SILC / TIPS off)"),
+        entry("whole-run cost ratio under the paper's curriculum (derived)", None, "",
+              ratio=whole, vs="a sigmoid-only run",
+              note=f"derived from the measured step times: {share:g} x {locca_ratio:.2f} "
+                   f"(sigmoid + LocCa) + {1 - share:.1g} x {full_ratio:.2f} (full recipe), "
+                   f"SILC / TIPS from {share:.0%} of training (paper sec. 2.3)"),
+    ]
+
+
+def _breakdown_entries(pretrainers, flops, spec):
+    """Step FLOPs per added loss term against sigmoid-only (XLA cost analysis of the
+    lowered steps), the LocCa output projection's analytic FLOPs (plain, and as the
+    chunked loss executes it) and what the cost analysis leaves out of its scan."""
+    base, full = flops[PRETRAINER_SIGMOID], flops[PRETRAINER_FULL]
+    if base is None or full is None:
+        return []
+    crops = spec["local_crops"]
+    terms = {"sigmoid + LocCa (3 tasks)": PRETRAINER_LOCCA,
+             f"sigmoid + SILC (teacher view + {crops} local crops of "
+             f"{spec['local_image_size']} px)": SIGMOID_SILC,
+             "sigmoid + TIPS": SIGMOID_TIPS}
+    counted = {label: jax_train_step_flops(*pretrainers[name])
+               for label, name in terms.items()}
+    entries, extra = [], full - base
+    for label, value in counted.items():
+        if value is not None:
+            entries.append(entry(
+                f"step FLOPs breakdown: {label} / sigmoid-only", value / 1e9,
+                "GFLOPs per step", ratio=value / base, vs=PRETRAINER_SIGMOID,
+                note=f"+{(value - base) / 1e9:.1f} GFLOPs over sigmoid-only "
+                     f"({(value - base) / extra:.0%} of the full recipe's extra "
+                     f"{extra / 1e9:.1f} GFLOPs)"))
+    locca_model, locca_x = pretrainers[PRETRAINER_LOCCA]
+    increment = counted["sigmoid + LocCa (3 tasks)"]
+    decoder = locca_model.decoder
+    b, tasks, length = locca_x["decoder_token_ids"].shape
+    projection = locca_projection_flops(b, length, decoder.hidden_dim,
+                                        decoder.vocabulary_size, tasks=tasks)
+    if increment is None:
+        return entries
+    chunk = require("keras_siglip2.training.losses.locca", "DEFAULT_VOCABULARY_CHUNK")
+    executed, one_block = chunked_projection_flops(b, length, decoder.hidden_dim,
+                                                 decoder.vocabulary_size, chunk, tasks=tasks)
+    entries.append(entry(
+        "LocCa vocabulary projection FLOPs (analytic, fwd + bwd)", projection / 1e9,
+        "GFLOPs per step", ratio=projection / (increment - base),
+        vs="the measured LocCa increment",
+        note=f"{tasks} tasks x B {b} x L {length} x width {decoder.hidden_dim} x "
+             f"(vocabulary + bins) {decoder.vocabulary_size:,} x 2 x 3; measured "
+             f"LocCa increment {(increment - base) / 1e9:.1f} GFLOPs"))
+    missed = executed - one_block  # the scan iterations XLA's cost analysis leaves out
+    entries.append(entry(
+        "LocCa projection as executed by the chunked loss (analytic)", executed / 1e9,
+        "GFLOPs per step", ratio=executed / projection, vs="the plain 3-matmul projection",
+        note=f"{math.ceil(decoder.vocabulary_size / min(chunk, decoder.vocabulary_size))} "
+             f"vocabulary blocks of {min(chunk, decoder.vocabulary_size):,} (the last "
+             "overlapping) x 4 matmuls (the backward pass recomputes the logits). XLA's "
+             f"cost analysis counts a scan body once ({one_block / 1e9:.1f} GFLOPs): the "
+             "step FLOPs above leave out "
+             f"{missed / 1e9:.1f} GFLOPs; with them sigmoid + LocCa is "
+             f"{(increment + missed) / base:.2f}x and the full recipe "
+             f"{(full + missed) / base:.2f}x sigmoid-only"))
+    return entries
 
 
 def jax_train_step_flops(model, x):
-    """FLOPs of one compiled-by-fit train step of `model` on batch `x` (JAX, after a
-    first `train_on_batch` built the state): XLA's cost analysis of the lowered step
-    (before optimization; includes the backward pass and the optimizer update). Uses
-    Keras' JAX trainer state layout (`_get_jax_state`), a private API: None if absent."""
+    """FLOPs of one compiled-by-fit train step of `model` on batch `x` (JAX; a model
+    never run gets its optimizer built first, nothing is executed): XLA's cost
+    analysis of the lowered step (before optimization; includes the backward pass and
+    the optimizer update). Uses Keras' JAX trainer state layout (`_get_jax_state`), a
+    private API: None if absent."""
     import jax
     import keras
 
     get_state = getattr(model, "_get_jax_state", None)
     if get_state is None or keras.backend.backend() != "jax":
         return None
+    if not model.optimizer.built:  # a model never run: lowering needs its slots
+        model.optimizer.build(model.trainable_variables)
     state = get_state(trainable_variables=True, non_trainable_variables=True,
                       optimizer_variables=True, metrics_variables=True,
                       purge_model_variables=False)
