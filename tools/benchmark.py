@@ -34,8 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The rows register themselves in ROWS on import, in table order.
 from tools.bench import (  # noqa: E402,F401  (this order)
-    rows_inference, rows_profile, rows_naflex, rows_training, rows_precision, rows_memory,
-    rows_scaling, rows_gpu,
+    rows_inference, rows_profile, rows_naflex, rows_training, rows_locca, rows_precision,
+    rows_memory, rows_scaling, rows_gpu,
 )
 # Re-exported: the names the tests and users reach as `benchmark.X`.
 from tools.bench.common import (  # noqa: E402,F401

@@ -51,17 +51,21 @@ def test_train_step_flops_of_a_pretrainer_never_run():
 
 
 def test_chunked_projection_flops_by_hand():
-    # V = 10 in blocks of 4: 3 blocks (the last at columns 6..9, overlapping); per
-    # block 1 task x 2 x 3 tokens x 4 x 4 columns x 2 FLOPs x 4 matmuls = 768.
+    # V = 10, chunk 4: 3 blocks of ceil(10 / 3) = 4 columns (the last at columns 6..9,
+    # overlapping); per block 1 task x 2 x 3 tokens x 4 x 4 columns x 2 FLOPs x 4
+    # matmuls = 768.
     assert rows_training.chunked_projection_flops(2, 3, 4, 10, 4, tasks=1) == (2304, 768)
-    # A chunk wider than the vocabulary is one block of the whole vocabulary.
-    assert rows_training.chunked_projection_flops(2, 3, 4, 10, 64, tasks=1) == (1920, 1920)
+    # V = 12, chunk 5: 3 blocks of 4 (even), not of 5.
+    assert rows_training.chunked_projection_flops(2, 3, 4, 12, 5, tasks=1) == (2304, 768)
+    # A chunk as wide as the vocabulary: the plain projection, 2 x 3 x 4 x 10 x 2 x 3.
+    assert rows_training.chunked_projection_flops(2, 3, 4, 10, 64, tasks=1) == (1440, 1440)
 
 
 def test_chunked_projection_flops_match_xla_for_one_block():
-    """XLA's own count of the chunked LocCa loss + gradients: with one block it is the
-    analytic 4 matmuls (plus a few % of elementwise work); with 4 blocks it counts one
-    block (the scan body once), which is why the row adds the missing iterations."""
+    """XLA's own count of the LocCa loss + gradients: with the vocabulary in one chunk
+    it is the plain form's analytic 3 matmuls (plus a few % of elementwise work); with
+    4 blocks it counts one block of 4 matmuls (the scan body once), which is why the
+    row adds the missing iterations."""
     import jax
     import numpy as np
 

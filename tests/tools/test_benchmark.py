@@ -104,6 +104,9 @@ def test_quick_run_all_rows(tmp_path):
     finals = [e for label, e in precision.items() if label.endswith(": final loss")]
     assert len(finals) == 2  # float32 and mixed_bfloat16
     assert all(e["ratio"] < 1.0 for e in finals), finals  # both losses fell
+    layout = [e for e in report["rows"]["locca_layout"]["entries"]
+              if e["label"].endswith("concatenated / stacked time")]
+    assert len(layout) == 2 and all(e["ratio"] > 0 for e in layout)
     compute = {e["label"] for e in report["rows"]["scaling_compute"]["entries"]}
     assert any(label.startswith("ring (8 simulated devices") for label in compute)
     assert any(label.startswith("sigmoid-only train step") for label in compute)

@@ -150,14 +150,18 @@ def locca_projection_flops(batch, length, width, vocabulary, tasks=3):
 
 def chunked_projection_flops(batch, length, width, vocabulary, chunk, tasks=3):
     """(executed, counted): FLOPs of the LocCa projection in the pretrainer's chunked
-    cross-entropy (`token_cross_entropy_from_features`), which computes ceil(V / c)
-    blocks of c = min(chunk, V) columns (the last block overlaps its neighbour), each
-    with 4 matmuls (forward; in the backward pass the recomputed logits and the two
-    gradients), and the part of it XLA's cost analysis counts: a `lax.scan` body once,
-    i.e. one block."""
-    c = min(chunk, vocabulary)
-    per_block = tasks * batch * length * width * c * 2 * 4
-    return math.ceil(vocabulary / c) * per_block, per_block
+    cross-entropy (`token_cross_entropy_from_features`) and the part of it XLA's cost
+    analysis counts. With V > chunk it computes n = ceil(V / chunk) blocks of
+    ceil(V / n) columns, each with 4 matmuls (forward; in the backward pass the
+    recomputed logits and the two gradients), and the cost analysis counts a
+    `lax.scan` body once, i.e. one block; with V <= chunk it is the plain projection
+    (3 matmuls), counted whole."""
+    count = math.ceil(vocabulary / min(chunk, vocabulary))
+    if count == 1:
+        plain = locca_projection_flops(batch, length, width, vocabulary, tasks=tasks)
+        return plain, plain
+    per_block = tasks * batch * length * width * math.ceil(vocabulary / count) * 2 * 4
+    return count * per_block, per_block
 
 
 def _pretrainer_contenders(backbone, x, spec, rng):
@@ -270,12 +274,12 @@ def _breakdown_entries(pretrainers, flops, spec):
              f"(vocabulary + bins) {decoder.vocabulary_size:,} x 2 x 3; measured "
              f"LocCa increment {(increment - base) / 1e9:.1f} GFLOPs"))
     missed = executed - one_block  # the scan iterations XLA's cost analysis leaves out
+    blocks = math.ceil(decoder.vocabulary_size / min(chunk, decoder.vocabulary_size))
     entries.append(entry(
         "LocCa projection as executed by the chunked loss (analytic)", executed / 1e9,
         "GFLOPs per step", ratio=executed / projection, vs="the plain 3-matmul projection",
-        note=f"{math.ceil(decoder.vocabulary_size / min(chunk, decoder.vocabulary_size))} "
-             f"vocabulary blocks of {min(chunk, decoder.vocabulary_size):,} (the last "
-             "overlapping) x 4 matmuls (the backward pass recomputes the logits). XLA's "
+        note=f"{blocks} vocabulary blocks of {math.ceil(decoder.vocabulary_size / blocks):,}"
+             " x 4 matmuls (the backward pass recomputes the logits). XLA's "
              f"cost analysis counts a scan body once ({one_block / 1e9:.1f} GFLOPs): the "
              "step FLOPs above leave out "
              f"{missed / 1e9:.1f} GFLOPs; with them sigmoid + LocCa is "
