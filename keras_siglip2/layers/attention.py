@@ -236,10 +236,14 @@ class SigLIP2Attention(ConfigAttributes, keras.layers.Layer):
         self.built = True
 
     def _split_heads(self, x, parts):
+        """(B, T, parts * d) projections -> `parts` tensors (B, T, num_heads, head_dim).
+
+        `ops.split` (not slicing): its gradient is one concatenate, where the
+        gradient of each slice would be a zero-padded full-width copy, summed."""
         shape = ops.shape(x)
-        return ops.reshape(
-            x, (shape[0], shape[1], parts, self.num_heads, self.head_dim)
-        )
+        heads = (shape[0], shape[1], self.num_heads, self.head_dim)
+        parts = ops.split(x, parts, axis=-1) if parts > 1 else [x]
+        return [ops.reshape(part, heads) for part in parts]
 
     def call(self, x, context=None, key_mask=None, attention_mask=None):
         """Attends from `x` (B, T, d) to `context` (B, S, d), or to `x` itself.
@@ -252,12 +256,10 @@ class SigLIP2Attention(ConfigAttributes, keras.layers.Layer):
         """
         if self.cross_attention:
             context = x if context is None else context
-            q = self._split_heads(self.query_dense(x), 1)[:, :, 0]
-            kv = self._split_heads(self.key_value_dense(context), 2)
-            k, v = kv[:, :, 0], kv[:, :, 1]
+            (q,) = self._split_heads(self.query_dense(x), 1)
+            k, v = self._split_heads(self.key_value_dense(context), 2)
         else:
-            qkv = self._split_heads(self.qkv_dense(x), 3)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            q, k, v = self._split_heads(self.qkv_dense(x), 3)
         out = attend(q, k, v, key_mask, attention_mask, self.attention_implementation)
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))

@@ -31,6 +31,25 @@ from keras import ops
 from keras_siglip2.layers.initializers import embedding_init
 
 
+def _sample_and_kernel_scale(indices, output_sizes, input_size):
+    """(sample_i, ks) of the antialiased bilinear resize for output positions `indices`
+    (..., K) of sides `output_sizes` (...): both float32 (..., K, 1)."""
+    m = ops.maximum(ops.cast(output_sizes, "float32"), 1.0)[..., None, None]
+    i = ops.cast(indices, "float32")[..., None]
+    i = ops.minimum(ops.maximum(i, 0.0), m - 1.0)
+    inv_scale = float(input_size) / m  # 1 / scale, scale = m / n
+    kernel_scale = ops.maximum(inv_scale, 1.0)  # antialias: widen the kernel when shrinking
+    return (i + 0.5) * inv_scale - 0.5, kernel_scale
+
+
+def _normalized_triangle(j, sample, kernel_scale):
+    """max(0, 1 - |j - sample| / ks), divided by its sum over the last axis."""
+    weights = ops.relu(1.0 - ops.abs(j - sample) / kernel_scale)
+    # sample lies in [-0.5, n - 0.5], so some j is within 0.5 of it: the sum is >= 0.5.
+    total = ops.maximum(ops.sum(weights, axis=-1, keepdims=True), 1e-12)
+    return weights / total
+
+
 def antialiased_bilinear_rows(indices, output_sizes, input_size):
     """Rows of the antialiased bilinear resize matrix A (output side m -> input side n).
 
@@ -43,18 +62,30 @@ def antialiased_bilinear_rows(indices, output_sizes, input_size):
     Returns:
         float32 (..., K, n): row i of A for each index; each row sums to 1.
     """
-    m = ops.maximum(ops.cast(output_sizes, "float32"), 1.0)[..., None, None]
-    n = float(input_size)
-    i = ops.cast(indices, "float32")[..., None]
-    i = ops.minimum(ops.maximum(i, 0.0), m - 1.0)
-    inv_scale = n / m  # 1 / scale, scale = m / n
-    kernel_scale = ops.maximum(inv_scale, 1.0)  # antialias: widen the kernel when shrinking
-    sample = (i + 0.5) * inv_scale - 0.5
+    sample, kernel_scale = _sample_and_kernel_scale(indices, output_sizes, input_size)
     j = ops.arange(input_size, dtype="float32")
-    weights = ops.relu(1.0 - ops.abs(j - sample) / kernel_scale)
-    # sample lies in [-0.5, n - 0.5], so some j is within 0.5 of it: the sum is >= 0.5.
-    total = ops.maximum(ops.sum(weights, axis=-1, keepdims=True), 1e-12)
-    return weights / total
+    return _normalized_triangle(j, sample, kernel_scale)
+
+
+# Nonzeros of a row of A when the side shrinks by at most 2 (m >= n / 2): ks <= 2, so
+# the weights are > 0 only on the open interval (sample - ks, sample + ks), which holds
+# at most 4 integers.
+TAPS = 4
+
+
+def antialiased_bilinear_taps(indices, output_sizes, input_size):
+    """The nonzero window of each row of A, for sides m >= input_size / 2.
+
+    Returns (start, weights): int32 (..., K) first column of the window (clipped so the
+    window fits in [0, n)) and float32 (..., K, TAPS) the row's values A[i, start + t]
+    (those of `antialiased_bilinear_rows`; the row's other entries are 0). For smaller
+    sides the window misses nonzeros: callers check `taps_cover(...)` first.
+    """
+    sample, kernel_scale = _sample_and_kernel_scale(indices, output_sizes, input_size)
+    first = ops.floor(sample - kernel_scale) + 1.0  # the first j with |j - sample| < ks
+    start = ops.clip(first, 0.0, float(max(input_size - TAPS, 0)))
+    j = start + ops.arange(min(TAPS, input_size), dtype="float32")
+    return ops.cast(start[..., 0], "int32"), _normalized_triangle(j, sample, kernel_scale)
 
 
 def antialiased_bilinear_matrices(output_sizes, input_size, max_output_size):
@@ -116,7 +147,33 @@ def grid_shapes_from_positions(patch_positions, patch_mask=None):
     return ops.maximum(ops.max(positions, axis=1) + 1, 1)
 
 
-def position_embeddings(grid, patch_positions, patch_mask=None):
+def _tap_embeddings(grid, rows, cols, shapes):
+    """Each patch's embedding as the sum of its <= TAPS x TAPS nonzero terms
+    (`antialiased_bilinear_taps` per side), the grid rows read by index: 1/16 of the
+    matmul's multiply-adds at G = 16. Exact only where `taps_cover(shapes, grid)`."""
+    g_h, g_w, dim = grid.shape
+    flat = ops.reshape(ops.cast(grid, "float32"), (g_h * g_w, dim))
+    start_r, w_rows = antialiased_bilinear_taps(rows, shapes[:, 0], g_h)  # (B, N), (B, N, T)
+    start_c, w_cols = antialiased_bilinear_taps(cols, shapes[:, 1], g_w)
+    out = None
+    # One term per tap, written out: XLA fuses the 16 gathers and multiply-adds into one
+    # loop (an einsum over a gathered (B, N, T, T, d) tensor would materialize it).
+    for a in range(w_rows.shape[-1]):
+        for b in range(w_cols.shape[-1]):
+            index = (start_r + a) * g_w + start_c + b
+            term = (w_rows[..., a] * w_cols[..., b])[..., None] * ops.take(flat, index, axis=0)
+            out = term if out is None else out + term
+    return out
+
+
+def taps_cover(shapes, grid):
+    """True when every (h, w) in `shapes` (B, 2) is at least half the grid's side, so
+    `antialiased_bilinear_taps` holds all of every row's nonzeros."""
+    g_h, g_w = grid.shape[0], grid.shape[1]
+    return ops.logical_and(ops.all(2 * shapes[:, 0] >= g_h), ops.all(2 * shapes[:, 1] >= g_w))
+
+
+def position_embeddings(grid, patch_positions, patch_mask=None, gather=False):
     """The resized (G_h, G_w, d) grid at every patch, for a whole batch at once.
 
     Each image's grid shape (h, w) is 1 + the largest (row, col) of its real patches;
@@ -125,10 +182,18 @@ def position_embeddings(grid, patch_positions, patch_mask=None):
     no Python loop over images and no per-shape recompilation. Padding entries
     (patch_mask 0) get cell (0, 0) of their image's resized grid.
 
+    `gather=True` (inference): when every image's sides are >= G / 2 (no side shrinks
+    the grid more than 2x, e.g. aspect ratios up to 4:1 at 256 patches, G = 16), each
+    patch's embedding is instead summed from its <= 4 x 4 nonzero terms, the grid rows
+    read by index (`ops.cond`; otherwise the matmul runs). Same numbers to float32
+    rounding; the forward costs about half the matmul's time on CPU, but its gradient
+    is a scatter-add (slower than the matmul's), so training keeps the matmul.
+
     Args:
         grid: (G_h, G_w, d) learned grid.
         patch_positions: (B, N, 2) int (row, col).
         patch_mask: optional (B, N), 1 = real patch, 0 = padding.
+        gather: bool, see above.
 
     Returns:
         float32 (B, N, d).
@@ -138,12 +203,20 @@ def position_embeddings(grid, patch_positions, patch_mask=None):
     positions = _masked_positions(patch_positions, patch_mask)
     shapes = grid_shapes_from_positions(positions)
     rows, cols = positions[..., 0], positions[..., 1]
-    w_rows = antialiased_bilinear_rows(rows, shapes[:, 0], g_h)  # (B, N, G_h)
-    w_cols = antialiased_bilinear_rows(cols, shapes[:, 1], g_w)  # (B, N, G_w)
-    weights = w_rows[..., :, None] * w_cols[..., None, :]  # (B, N, G_h, G_w)
-    batch, length = ops.shape(weights)[0], ops.shape(weights)[1]
-    weights = ops.reshape(weights, (batch, length, g_h * g_w))
-    return ops.matmul(weights, ops.reshape(ops.cast(grid, "float32"), (g_h * g_w, dim)))
+
+    def matmul():
+        w_rows = antialiased_bilinear_rows(rows, shapes[:, 0], g_h)  # (B, N, G_h)
+        w_cols = antialiased_bilinear_rows(cols, shapes[:, 1], g_w)  # (B, N, G_w)
+        weights = w_rows[..., :, None] * w_cols[..., None, :]  # (B, N, G_h, G_w)
+        batch, length = ops.shape(weights)[0], ops.shape(weights)[1]
+        weights = ops.reshape(weights, (batch, length, g_h * g_w))
+        return ops.matmul(weights, ops.reshape(ops.cast(grid, "float32"), (g_h * g_w, dim)))
+
+    if not gather:
+        return matmul()
+    return ops.cond(
+        taps_cover(shapes, grid), lambda: _tap_embeddings(grid, rows, cols, shapes), matmul
+    )
 
 
 def position_embeddings_per_image_loop(grid, patch_positions, patch_mask=None):
@@ -205,12 +278,15 @@ class SigLIP2PositionGrid(keras.layers.Layer):
         )
         self.built = True
 
-    def position_embeddings(self, patch_positions, patch_mask=None):
-        """The (B, N, d) float32 embeddings of each patch (before adding)."""
-        return position_embeddings(self.grid, patch_positions, patch_mask)
+    def position_embeddings(self, patch_positions, patch_mask=None, gather=False):
+        """The (B, N, d) float32 embeddings of each patch (before adding); `gather`:
+        see the function `position_embeddings`."""
+        return position_embeddings(self.grid, patch_positions, patch_mask, gather=gather)
 
-    def call(self, tokens, patch_positions, patch_mask=None):
-        embeddings = self.position_embeddings(patch_positions, patch_mask)
+    def call(self, tokens, patch_positions, patch_mask=None, training=None):
+        # Inference reads the grid rows by index where it can (`gather=True`); training
+        # keeps the matmul, whose gradient is a matmul too.
+        embeddings = self.position_embeddings(patch_positions, patch_mask, gather=not training)
         return tokens + ops.cast(embeddings, tokens.dtype)
 
     def resized(self, height, width):
@@ -231,8 +307,10 @@ __all__ = [
     "SigLIP2PositionGrid",
     "antialiased_bilinear_matrices",
     "antialiased_bilinear_rows",
+    "antialiased_bilinear_taps",
     "grid_shapes_from_positions",
     "position_embeddings",
     "position_embeddings_per_image_loop",
     "resize_position_grid",
+    "taps_cover",
 ]

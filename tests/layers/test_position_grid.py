@@ -14,10 +14,12 @@ from keras_siglip2.layers.position_grid import (  # noqa: E402
     SigLIP2PositionGrid,
     antialiased_bilinear_matrices,
     antialiased_bilinear_rows,
+    antialiased_bilinear_taps,
     grid_shapes_from_positions,
     position_embeddings,
     position_embeddings_per_image_loop,
     resize_position_grid,
+    taps_cover,
 )
 
 # Output grids of DESIGN.md (from a 16 x 16 grid), plus the extremes.
@@ -245,3 +247,65 @@ def test_layer_config_round_trip(layer16):
     assert clone.grid_size == 16 and clone.hidden_dim == 8
     restored = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(restored, SigLIP2PositionGrid)
+
+
+def taps_as_matrix(m, n):
+    """The (m x n) matrix `antialiased_bilinear_taps` describes (its windows written out)."""
+    start, weights = (np.asarray(a)[0] for a in antialiased_bilinear_taps(
+        np.arange(m)[None], np.array([m]), n))
+    dense = np.zeros((m, n))
+    for i in range(m):
+        for t in range(weights.shape[-1]):
+            dense[i, start[i] + t] += weights[i, t]
+    return dense
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 15, 16])
+def test_taps_hold_every_nonzero_when_the_side_shrinks_at_most_2x(n):
+    for m in range(-(-n // 2), 3 * n + 2):
+        np.testing.assert_allclose(taps_as_matrix(m, n), reference_matrix(m, n), atol=1e-6)
+
+
+def test_taps_miss_nonzeros_below_half_the_side():
+    """Why the gather path needs `taps_cover`: at m < n / 2 a row has > 4 nonzeros."""
+    assert np.abs(taps_as_matrix(7, 16) - reference_matrix(7, 16)).max() > 1e-2
+    shapes = np.array([[8, 30], [16, 16]], "int32")
+    assert bool(taps_cover(shapes, np.zeros((16, 16, 1))))
+    assert not bool(taps_cover(np.array([[8, 30], [7, 36]], "int32"), np.zeros((16, 16, 1))))
+
+
+@pytest.mark.parametrize("shapes", [[(8, 30), (16, 16), (31, 8), (9, 9)],  # gather path
+                                    [(8, 30), (3, 80), (16, 16)]])  # a side < 8: matmul
+def test_gather_path_equals_float64_reference(grid16, shapes):
+    """`gather=True` (the inference path) gives the resized grid at every patch, on
+    batches all of whose sides are >= G / 2 (the 4 x 4 taps) and on those with a
+    smaller side (where it falls back to the matmul); padding gets cell (0, 0)."""
+    n = 256
+    positions = np.zeros((len(shapes), n, 2), "int32")
+    mask = np.zeros((len(shapes), n), "int32")
+    rng = np.random.default_rng(5)
+    for b, (h, w) in enumerate(shapes):
+        perm = rng.permutation(n)[: h * w]
+        positions[b, perm] = grid_positions(h, w)
+        mask[b, perm] = 1
+    out = np.asarray(jax.jit(functools.partial(position_embeddings, gather=True))(
+        grid16, positions, mask))
+    for b, (h, w) in enumerate(shapes):
+        ref = reference_resize(grid16, h, w)
+        real = mask[b].astype(bool)
+        want = ref[positions[b, real, 0], positions[b, real, 1]]
+        np.testing.assert_allclose(out[b, real], want, atol=2e-6, rtol=0)
+        np.testing.assert_allclose(out[b, ~real], np.broadcast_to(ref[0, 0], out[b, ~real].shape),
+                                   atol=2e-6, rtol=0)
+
+
+def test_layer_inference_and_training_paths_agree(grid16, layer16):
+    """The layer gathers at inference and runs the matmul in training: same output."""
+    positions = grid_positions(12, 20)[None]
+    mask = np.ones((1, 240), "int32")
+    tokens = np.zeros((1, 240, grid16.shape[-1]), "float32")
+    inference = np.asarray(layer16(tokens, positions, mask, training=False))
+    training = np.asarray(layer16(tokens, positions, mask, training=True))
+    np.testing.assert_allclose(inference, training, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(inference[0], reference_resize(grid16, 12, 20).reshape(240, -1),
+                               atol=2e-6, rtol=0)

@@ -45,7 +45,9 @@ def position_grid_functions(layer, shapes, length):
     pg = importlib.import_module("keras_siglip2.layers.position_grid")
     if hasattr(pg, "position_embeddings") and hasattr(pg, "position_embeddings_per_image_loop"):
         grid = layer.grid.value
-        return (lambda p, m: pg.position_embeddings(grid, p, m),
+        # The batched contender is the inference path (`gather=True`: the 4 x 4 taps
+        # where every side is >= G / 2, else the matmul), what the model runs there.
+        return (lambda p, m: pg.position_embeddings(grid, p, m, gather=True),
                 lambda p, m: pg.position_embeddings_per_image_loop(grid, p, m),
                 "keras_siglip2.layers.position_grid.position_embeddings_per_image_loop")
 
