@@ -7,6 +7,7 @@ import keras
 from keras_hub.models import Backbone
 
 from keras_siglip2.layers import SigLIP2LogitHead
+from keras_siglip2.models.fit_defaults import FitDefaultsMixin
 from keras_siglip2.models.layout_map import get_layout_map
 from keras_siglip2.models.preset_files import (
     readable_preset_weights,
@@ -16,7 +17,7 @@ from keras_siglip2.models.preset_files import (
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
-class SigLIP2Backbone(Backbone):
+class SigLIP2Backbone(FitDefaultsMixin, Backbone):
     """Both towers plus the learned log-temperature `t` and bias `b`.
 
     Args:
@@ -34,6 +35,10 @@ class SigLIP2Backbone(Backbone):
     inside the head for stability and returned in the compute dtype, keras-hub's
     convention; `logit_head.float32_logits(image_embeddings, text_embeddings)` gives
     them unrounded. The training losses compute them in float32 from the embeddings.
+
+    Training as in keras-hub: `backbone.compile()` then `backbone.fit(inputs)` (no
+    targets) trains with the sigmoid loss and AdamW (`fit_defaults.py`); the SigLIP 2
+    recipe is `keras_siglip2.training.SigLIP2Pretrainer`.
 
     Example:
     ```python

@@ -125,6 +125,8 @@ def markdown(report):
         "- Method: the contenders of each row are timed in alternation, "
         f"{report['repeats']} rounds (order rotating); values are medians over the rounds, "
         "ratios are medians of the per-round ratios (> 1 means the first named is faster).",
+        f"- What the figures say (the profile, the targets not met and why): "
+        f"[{READING}]({READING}), written by hand; this page is regenerated.",
     ]
     if report.get("caveat"):
         lines.append(f"- Caveat: {report['caveat']}")
@@ -145,6 +147,10 @@ def markdown(report):
         lines += [f"![{name}]({name})" for name in report["plots"]]
         lines.append("")
     return "\n".join(lines)
+
+
+# The hand-written reading of the figures, next to the generated page in docs/.
+READING = "benchmarks_reading.md"
 
 
 def write_reports(report, out, seconds, final):
