@@ -32,6 +32,11 @@ from tests.training import multihost as M
 TOLERANCE = 1e-5  # float32: the reductions run in another order over 2 processes
 SIGMOID_ONLY = ("--no-decoder", "--no-self-distillation", "--no-masked-prediction")
 RUN_TIMEOUT = 420
+# Runs that must fail at start-up: the --data case took 155 s once in a loaded full run
+# (6 s alone), most likely a process waiting out the heartbeat timeout (100 s by
+# default) for a peer that had already exited (not confirmed). 20 s bounds that wait;
+# the error is printed before it.
+FAIL_FAST = {"SIGLIP2_DISTRIBUTED_HEARTBEAT_TIMEOUT": "20"}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +203,7 @@ def test_mismatched_commands_fail_at_start_up(setup, tmp_path):
     commands = [_command(setup, tmp_path / "run", "batch=8", *SIGMOID_ONLY),
                 _command(setup, tmp_path / "run", "batch=8", *SIGMOID_ONLY, batch_size=16)]
     t0 = time.time()
-    results = M.run(commands, 4, 180, env=_env(setup))
+    results = M.run(commands, 4, 180, env=_env(setup, **FAIL_FAST))
     for code, output in results:
         assert code not in (0, None), output[-2000:]
         assert "started with different arguments: batch_size differ" in output, output[-2000:]
@@ -223,7 +228,7 @@ def test_mismatched_mesh_or_data_fail_at_start_up(setup, tmp_path, differ):
         second = M.train_command(setup[0], other, tmp_path / "run", 4, 8, "batch=8",
                                  *SIGMOID_ONLY)
     t0 = time.time()
-    results = M.run([first, second], 4, 180, env=_env(setup))
+    results = M.run([first, second], 4, 180, env=_env(setup, **FAIL_FAST))
     for code, output in results:
         assert code not in (0, None), output[-2000:]
         assert f"started with different arguments: {differ} differ" in output, output[-2000:]
