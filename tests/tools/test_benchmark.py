@@ -110,6 +110,7 @@ def test_quick_run_all_rows(tmp_path):
     compute = {e["label"] for e in report["rows"]["scaling_compute"]["entries"]}
     assert any(label.startswith("ring (8 simulated devices") for label in compute)
     assert any(label.startswith("sigmoid-only train step") for label in compute)
+    assert any(label.startswith("NaFlex sigmoid-only train step") for label in compute)
     assert (tmp_path / "scaling_compute.png").read_bytes()[:4] == b"\x89PNG"
 
 

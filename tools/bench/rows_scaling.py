@@ -229,7 +229,42 @@ def _tower_train_contenders(spec):
     return runs
 
 
+def _naflex_train_contenders(spec):
+    """{(NaFlex train step name, N): run()}: one sigmoid-only SigLIP2Pretrainer train
+    step of the reduced-depth NaFlex tower (and a text tower of its width and depth)
+    per sequence length N, batch `train_batch`, random aspect ratios (one compiled step
+    per length, as a NaFlex run compiles one per drawn length)."""
+    import keras
+
+    from tools.bench.rows_naflex import naflex_layout
+
+    build = require("keras_siglip2.models.factory", "build_backbone")
+    pretrainer_cls = require("keras_siglip2.training.pretrainer", "SigLIP2Pretrainer")
+    v, batch = spec["naflex_vision"], spec["train_batch"]
+    length, vocab = spec["train_text_length"], spec["train_vocabulary"]
+    keras.utils.set_random_seed(0)
+    text = dict(vocabulary_size=vocab, max_sequence_length=length,
+                projection_dim=v["hidden_dim"],
+                **{k: v[k] for k in ("hidden_dim", "num_layers", "num_heads",
+                                     "intermediate_dim")})
+    model = pretrainer_cls(
+        build(dict(v, type="naflex", max_num_patches=max(spec["lengths"])), text),
+        decoder=None, self_distillation=False, masked_prediction=False, seed=0)
+    model.compile(total_steps=10_000)
+    rng = np.random.RandomState(0)
+    runs = {}
+    for n in spec["lengths"]:
+        _, positions, mask = naflex_layout(batch, n, v["patch_size"], rng)
+        x = {"pixel_patches": rng.uniform(-1, 1, (batch, n, v["patch_size"] ** 2 * 3))
+             .astype("float32"), "patch_positions": positions, "patch_mask": mask,
+             "token_ids": rng.randint(0, vocab, (batch, length)).astype("int32")}
+        runs[(NAFLEX_TRAIN_STEP.format(batch=batch), n)] = (
+            lambda m=model, x=x: m.train_on_batch(x))
+    return runs
+
+
 TRAIN_STEP = "sigmoid-only train step (batch {batch})"
+NAFLEX_TRAIN_STEP = "NaFlex sigmoid-only train step (batch {batch})"
 RING_TIME = "ring ({devices} simulated devices, shared cores)"
 
 
@@ -284,7 +319,8 @@ def row_scaling_compute(cfg, ctx):
     else:
         entries.append(unavailable("ring form step time", ring))
     progress("scaling: timing the NaFlex forwards (vs N)")
-    plots["N"] = _timed_curves(_naflex_contenders(spec), repeats, min_seconds)
+    plots["N"] = _timed_curves({**_naflex_contenders(spec),
+                                **_naflex_train_contenders(spec)}, repeats, min_seconds)
     progress("scaling: timing the tower forwards and train steps (vs width)")
     plots["width"] = _timed_curves({**_tower_contenders(spec), **_tower_train_contenders(spec)},
                                    repeats, min_seconds)
@@ -301,7 +337,9 @@ def row_scaling_compute(cfg, ctx):
         "(timed in alternation across B there, not with the one-device forms; the "
         "devices share the host's cores, so its time is the whole ring's work plus the "
         "simulated transfers, not one device's). "
-        f"NaFlex: {spec['naflex_vision']}, batch 1, random aspect ratios. Towers: "
+        f"NaFlex: {spec['naflex_vision']}, random aspect ratios: the forward at batch 1 "
+        f"and a sigmoid-only SigLIP2Pretrainer train step at batch {spec['train_batch']} "
+        "(a text tower of the same width and depth). Towers: "
         + ", ".join(f"{a} width {s['hidden_dim']}" for a, s in spec["towers"].items())
         + f" at depth {depth}, {spec['image_size']} px: the image forward at batch 1, and "
         "a sigmoid-only SigLIP2Pretrainer train step (forward + backward + AdamW, "
