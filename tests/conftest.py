@@ -115,17 +115,29 @@ TINY_DEMO = dict(width=16, num_layers=1, num_heads=2, image_size=16, target_imag
 @pytest.fixture(scope="session")
 def tiny_demo_run(tmp_path_factory):
     """(out_dir, summary) of one 8-step `run_demo` with `TINY_DEMO`, shared by the tests
-    that read it (computed once per xdist worker that runs one of them: pytest-xdist
-    3.8's `loadgroup` does not group tests under pytest 9 here). To save a compilation
-    SILC / TIPS and the resolution switch start together at step 7."""
+    that read it: run once per `pytest` invocation, the xdist workers taking turns on
+    a file lock in their common temporary folder (the second reads the first's run).
+    To save a compilation SILC / TIPS and the resolution switch start together at
+    step 7."""
+    import pickle
+
+    from filelock import FileLock
+
     from keras_siglip2.training.demo import run_demo
     from tests.training.pretrainer_helpers import fast_compilation
 
-    out = tmp_path_factory.mktemp("tiny_demo") / "demo"
-    restore = fast_compilation(tmp_path_factory.getbasetemp() / "jax_cache")
-    try:
-        summary = run_demo(out, steps=8, verbose=False, self_distillation_start=0.9,
-                           resolution_start=0.9, **TINY_DEMO)
-    finally:
-        restore()
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder all workers' temporary folders are in
+    out, done = root / "tiny_demo" / "demo", root / "tiny_demo" / "summary.pickle"
+    with FileLock(str(root / "tiny_demo.lock")):
+        if done.exists():
+            return out, pickle.loads(done.read_bytes())
+        restore = fast_compilation(root / "tiny_demo_jax_cache")
+        try:
+            summary = run_demo(out, steps=8, verbose=False, self_distillation_start=0.9,
+                               resolution_start=0.9, **TINY_DEMO)
+        finally:
+            restore()
+        done.write_bytes(pickle.dumps(summary))
     return out, summary

@@ -17,20 +17,12 @@ from keras_siglip2.training.callbacks import (
 )
 from keras_siglip2.training.resize import pi_resize_patch_kernel, resize_position_embedding
 from tests.training.pretrainer_helpers import (
-    fast_compilation,
     tiny_batch,
     tiny_pretrainer,
     variables_by_path,
 )
 
 MOMENTUM = 0.9
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation(tmp_path_factory):
-    restore = fast_compilation(tmp_path_factory.getbasetemp() / "jax_cache")
-    yield
-    restore()
 
 
 def make(seed=0):

@@ -22,7 +22,6 @@ from keras_siglip2.training.pretrainer import (
 from tests.conftest import run_in_backend
 from tests.training.pretrainer_helpers import (
     BATCH,
-    fast_compilation,
     tiny_backbone,
     tiny_batch,
     tiny_pretrainer,
@@ -31,13 +30,6 @@ from tests.training.pretrainer_helpers import (
 
 MOMENTUM = 0.9
 TERMS = ("sigmoid", "locca", "silc", "tips")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation(tmp_path_factory):
-    restore = fast_compilation(tmp_path_factory.getbasetemp() / "jax_cache")
-    yield
-    restore()
 
 
 def make(seed=0, **kwargs):

@@ -59,7 +59,10 @@ FULL = {
     # Compiled only (never run): B = 65,536 costs seconds; 65,536 is the peers' figure.
     "scaling": {"batches": [256, 1024, 4096, 16384, 32768, 65536], "dim": 768,
                 "chunk_size": 1024, "step_batches": [256, 512, 1024, 2048, 4096],
-                "repeats": 5, "lengths": [128, 256, 512, 1024],
+                "repeats": 5,
+                # Timed in their own alternation, 2 rounds: at B = 32,768 one loss step
+                # is ~5 TFLOPs (~12 s here) and the plain form's temporaries 12 GiB.
+                "large_step_batches": [8192, 16384, 32768], "large_repeats": 2, "lengths": [128, 256, 512, 1024],
                 "naflex_vision": dict(patch_size=16, hidden_dim=768, num_layers=2,
                                       num_heads=12, intermediate_dim=3072,
                                       position_grid_size=16),
@@ -115,6 +118,7 @@ QUICK = {
     "loss_memory": {"batches": [256, 1024], "dim": 64, "chunk_size": 128},
     "scaling": {"batches": [256, 512, 1024], "dim": 64, "chunk_size": 128,
                 "step_batches": [64, 128, 256], "repeats": 2, "lengths": [16, 32],
+                "large_step_batches": [512], "large_repeats": 1,
                 "naflex_vision": dict(patch_size=8, hidden_dim=64, num_layers=1,
                                       num_heads=4, intermediate_dim=128,
                                       position_grid_size=4),

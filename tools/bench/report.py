@@ -47,6 +47,9 @@ def machine_info():
         "platform": platform.platform(),
         "python": platform.python_version(),
         "keras_backend": os.environ.get("KERAS_BACKEND"),
+        # glibc.malloc.hugetlb=1 (the Makefile's default) backs large buffers with
+        # transparent huge pages: XLA's fresh CPU outputs then skip most page faults.
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "accelerator": None,
         "load_average_at_start": _load_average(),
         "versions": {n: _version(n) for n in (
@@ -121,7 +124,8 @@ def markdown(report):
         + f"; {meta['platform']}; load average (1, 5, 15 min) at start "
         f"{meta['load_average_at_start']}, at end {meta.get('load_average_at_end')}",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val)
-        + f"; Python {meta['python']}; Keras backend {meta['keras_backend']}",
+        + f"; Python {meta['python']}; Keras backend {meta['keras_backend']}; "
+        f"GLIBC_TUNABLES {meta.get('glibc_tunables') or 'unset'}",
         "- Method: the contenders of each row are timed in alternation, "
         f"{report['repeats']} rounds (order rotating); values are medians over the rounds, "
         "ratios are medians of the per-round ratios (> 1 means the first named is faster).",

@@ -268,16 +268,39 @@ NAFLEX_TRAIN_STEP = "NaFlex sigmoid-only train step (batch {batch})"
 RING_TIME = "ring ({devices} simulated devices, shared cores)"
 
 
-def _ring_time_curve(cfg, spec):
+def _ring_time_curve(cfg, batches, repeats, dim):
     """{ring name: [(B, s)]} of the ring loss + gradients, timed in a subprocess with
     simulated devices, or the reason (str) it is not available."""
     out = run_simulated_devices_child("distributed_loss_time", {
-        "batches": spec["step_batches"], "dim": spec["dim"], "repeats": spec["repeats"],
+        "batches": batches, "dim": dim, "repeats": repeats,
         "min_seconds": cfg["min_seconds"]})
     if not isinstance(out, dict):
         return out
     return {RING_TIME.format(devices=out["devices"]): [
-        (b, out["median_s"][str(b)]) for b in spec["step_batches"]]}
+        (b, out["median_s"][str(b)]) for b in batches]}
+
+
+def _loss_step_curves(cfg, spec, entries):
+    """{form: [(B, s)]} of the loss + gradients, plain / chunked on one device and the
+    ring on simulated devices: the batches of `step_batches` timed in one alternation
+    (`repeats` rounds), those of `large_step_batches` in another (`large_repeats`)."""
+    curves = {}
+    for batches, repeats in ((spec["step_batches"], spec["repeats"]),
+                             (spec.get("large_step_batches", []), spec.get("large_repeats", 1))):
+        if not batches:
+            continue
+        progress(f"scaling: timing the loss steps at B = {batches[0]:,}..{batches[-1]:,}")
+        group = _timed_curves(_loss_step_contenders(batches, spec["dim"], spec["chunk_size"]),
+                              repeats, cfg["min_seconds"])
+        progress("scaling: the ring loss on simulated devices at the same batches")
+        ring = _ring_time_curve(cfg, batches, repeats, spec["dim"])
+        if isinstance(ring, dict):
+            group.update(ring)
+        else:
+            entries.append(unavailable(f"ring form step time at B = {batches}", ring))
+        for name, points in group.items():
+            curves.setdefault(name, []).extend(points)
+    return curves
 
 
 def _timed_curves(runs, repeats, min_seconds):
@@ -309,15 +332,7 @@ def row_scaling_compute(cfg, ctx):
     spec = cfg["scaling"]
     repeats, min_seconds = spec["repeats"], cfg["min_seconds"]
     plots, entries = {}, []
-    progress("scaling: timing the loss steps (vs B)")
-    plots["B"] = _timed_curves(_loss_step_contenders(spec["step_batches"], spec["dim"],
-                                                     spec["chunk_size"]), repeats, min_seconds)
-    progress("scaling: timing the ring loss on simulated devices (vs B)")
-    ring = _ring_time_curve(cfg, spec)
-    if isinstance(ring, dict):
-        plots["B"].update(ring)
-    else:
-        entries.append(unavailable("ring form step time", ring))
+    plots["B"] = _loss_step_curves(cfg, spec, entries)
     progress("scaling: timing the NaFlex forwards (vs N)")
     plots["N"] = _timed_curves({**_naflex_contenders(spec),
                                 **_naflex_train_contenders(spec)}, repeats, min_seconds)
@@ -331,7 +346,9 @@ def row_scaling_compute(cfg, ctx):
         ctx.setdefault("plots", []).append("scaling_compute.png")
     depth = next(iter(spec["towers"].values()))["num_layers"]
     ctx["notes"].setdefault("scaling_compute", []).append(
-        f"Executed, timed in alternation ({repeats} rounds, medians). Loss step: "
+        f"Executed, timed in alternation ({repeats} rounds, medians; the loss step at "
+        f"B >= {spec['large_step_batches'][0]:,} in a second alternation of "
+        f"{spec['large_repeats']} rounds). Loss step: "
         f"jax.value_and_grad of the sigmoid loss, width {spec['dim']}, one device; the "
         f"ring form on {DISTRIBUTED_DEVICES} simulated CPU devices in a subprocess "
         "(timed in alternation across B there, not with the one-device forms; the "
