@@ -63,7 +63,9 @@ def test_progress_bar_kind_follows_the_stream():
     assert isinstance(console.progress_bar(10, stream=FakeTerminal()), keras.utils.Progbar)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["presets"], ["train", "--help"]])
+# Each case is a ~10 s start-up of the command line; the other two run with -m large.
+@pytest.mark.parametrize("args", [["--help"], pytest.param(["presets"], marks=pytest.mark.large),
+                                  pytest.param(["train", "--help"], marks=pytest.mark.large)])
 def test_command_line_prints_nothing_on_stderr(args):
     """`siglip2 ...` with no log level set by the caller: TensorFlow / XLA / absl
     start-up lines (oneDNN, CUDA probes, CPU features) do not reach stderr."""

@@ -141,8 +141,12 @@ def test_alternate_rounds_and_paired_ratio():
     assert timing["outputs"] == {"a": 1, "b": 2}
     assert len(timing["rounds"]) == 3
     assert all(set(r) == {"a", "b"} for r in timing["rounds"])
-    # 2 warm-up calls each, then one per round, the order rotating.
+    # 2 warm-up calls each, then per round one untimed settling call and the timed
+    # one, the order rotating.
     assert calls[:4] == ["a", "b", "a", "b"]
+    assert calls[4:] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    calls.clear()
+    tool.alternate(contenders, repeats=3, min_seconds=0.0, settle=False)
     assert calls[4:] == ["a", "b", "b", "a", "a", "b"]
     fake = {"rounds": [{"fast": 1.0, "slow": 3.0}, {"fast": 2.0, "slow": 2.0},
                        {"fast": 1.0, "slow": 10.0}]}

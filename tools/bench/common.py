@@ -79,12 +79,15 @@ def _now():
     return time.perf_counter()
 
 
-def alternate(contenders, repeats, min_seconds):
+def alternate(contenders, repeats, min_seconds, settle=True):
     """Times zero-argument callables in alternation.
 
     Each callable runs its work to completion (blocking). Two warm-up calls each
     (compilation, then sizing: a sample repeats the call until it lasts `min_seconds`),
     then `repeats` rounds; every round times each contender once, the order rotating.
+    With `settle`, each timed sample is preceded by one untimed call of the same
+    contender: with the order only rotating, a contender otherwise always follows the
+    same one and pays for what that one left (its freed buffers to refault, caches).
 
     Returns {"first_s": {name: s}, "rounds": [{name: seconds per call}],
     "median_s": {name: s}, "outputs": {name: output of the first call}}.
@@ -106,6 +109,8 @@ def alternate(contenders, repeats, min_seconds):
         sample = {}
         for name in order:
             fn, n = contenders[name], number[name]
+            if settle:
+                fn()
             t0 = _now()
             for _ in range(n):
                 fn()

@@ -190,7 +190,8 @@ def child_distributed_loss_time(args):
         compiled = jax.jit(grad).lower(*emb, *scalars).compile()
         runs[str(batch)] = (lambda c=compiled, a=(*emb, *scalars):
                             jax.block_until_ready(c(*a)))
-    timing = alternate(runs, args["repeats"], args["min_seconds"])
+    timing = alternate(runs, args["repeats"], args["min_seconds"],
+                       settle=args.get("settle", True))
     print(json.dumps({"devices": args["devices"], "median_s": timing["median_s"]}))
 
 

@@ -268,12 +268,12 @@ NAFLEX_TRAIN_STEP = "NaFlex sigmoid-only train step (batch {batch})"
 RING_TIME = "ring ({devices} simulated devices, shared cores)"
 
 
-def _ring_time_curve(cfg, batches, repeats, dim):
+def _ring_time_curve(cfg, batches, repeats, dim, settle=True):
     """{ring name: [(B, s)]} of the ring loss + gradients, timed in a subprocess with
     simulated devices, or the reason (str) it is not available."""
     out = run_simulated_devices_child("distributed_loss_time", {
         "batches": batches, "dim": dim, "repeats": repeats,
-        "min_seconds": cfg["min_seconds"]})
+        "min_seconds": cfg["min_seconds"], "settle": settle})
     if not isinstance(out, dict):
         return out
     return {RING_TIME.format(devices=out["devices"]): [
@@ -285,15 +285,17 @@ def _loss_step_curves(cfg, spec, entries):
     ring on simulated devices: the batches of `step_batches` timed in one alternation
     (`repeats` rounds), those of `large_step_batches` in another (`large_repeats`)."""
     curves = {}
-    for batches, repeats in ((spec["step_batches"], spec["repeats"]),
-                             (spec.get("large_step_batches", []), spec.get("large_repeats", 1))):
+    # The large batches' steps take seconds each (~12 s at 32k): no settling call there.
+    for batches, repeats, settle in (
+            (spec["step_batches"], spec["repeats"], True),
+            (spec.get("large_step_batches", []), spec.get("large_repeats", 1), False)):
         if not batches:
             continue
         progress(f"scaling: timing the loss steps at B = {batches[0]:,}..{batches[-1]:,}")
         group = _timed_curves(_loss_step_contenders(batches, spec["dim"], spec["chunk_size"]),
-                              repeats, cfg["min_seconds"])
+                              repeats, cfg["min_seconds"], settle=settle)
         progress("scaling: the ring loss on simulated devices at the same batches")
-        ring = _ring_time_curve(cfg, batches, repeats, spec["dim"])
+        ring = _ring_time_curve(cfg, batches, repeats, spec["dim"], settle)
         if isinstance(ring, dict):
             group.update(ring)
         else:
@@ -303,12 +305,12 @@ def _loss_step_curves(cfg, spec, entries):
     return curves
 
 
-def _timed_curves(runs, repeats, min_seconds):
+def _timed_curves(runs, repeats, min_seconds, settle=True):
     """Times {(curve, x): run()} in alternation; {curve: [(x, median s)]}."""
     from tools.bench.common import alternate
 
     timing = alternate({f"{k[0]} @ {k[1]}": fn for k, fn in runs.items()}, repeats,
-                       min_seconds)
+                       min_seconds, settle=settle)
     curves = {}
     for name, x in runs:
         curves.setdefault(name, []).append((x, timing["median_s"][f"{name} @ {x}"]))

@@ -108,7 +108,7 @@ def test_iterator_checkpoint_resumes_exactly(resume_data, full_run, tmp_path):
     assert fresh.report.as_dict()["delivered"] == 42
 
 
-@pytest.mark.parametrize("global_seed", [0, 1234])
+@pytest.mark.parametrize("global_seed", [0, pytest.param(1234, marks=pytest.mark.large)])
 def test_order_ignores_the_tf_global_seed(resume_data, full_run, global_seed):
     """Record shuffle and language mixture depend on `seed` alone: a process seeded
     with `keras.utils.set_random_seed` (0 once made tf.data's shuffle fail on a tensor
