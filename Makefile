@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # Large CPU buffers (XLA's outputs) from transparent huge pages: a fresh 50 MB output
-# costs 6 ms instead of 21 ms of page faults on the 2-core CI machine. Override with
+# cost 6 ms instead of 21 ms of page faults on the 2-core development machine. Override with
 # `make bench GLIBC_TUNABLES=` to measure without it.
 GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 export GLIBC_TUNABLES

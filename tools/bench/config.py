@@ -61,8 +61,9 @@ FULL = {
                 "chunk_size": 1024, "step_batches": [256, 512, 1024, 2048, 4096],
                 "repeats": 5,
                 # Timed in their own alternation, 2 rounds: at B = 32,768 one loss step
-                # is ~5 TFLOPs (~12 s here) and the plain form's temporaries 12 GiB.
-                "large_step_batches": [8192, 16384, 32768], "large_repeats": 2, "lengths": [128, 256, 512, 1024],
+                # is ~5 TFLOPs (27-35 s here) and the plain form's temporaries 12 GiB.
+                "large_step_batches": [8192, 16384, 32768], "large_repeats": 2,
+                "lengths": [128, 256, 512, 1024],
                 "naflex_vision": dict(patch_size=16, hidden_dim=768, num_layers=2,
                                       num_heads=12, intermediate_dim=3072,
                                       position_grid_size=16),

@@ -285,12 +285,10 @@ def _loss_step_curves(cfg, spec, entries):
     ring on simulated devices: the batches of `step_batches` timed in one alternation
     (`repeats` rounds), those of `large_step_batches` in another (`large_repeats`)."""
     curves = {}
-    # The large batches' steps take seconds each (~12 s at 32k): no settling call there.
+    # The large batches' steps take seconds each (27-35 s at 32k): no settling call there.
     for batches, repeats, settle in (
             (spec["step_batches"], spec["repeats"], True),
-            (spec.get("large_step_batches", []), spec.get("large_repeats", 1), False)):
-        if not batches:
-            continue
+            (spec["large_step_batches"], spec["large_repeats"], False)):
         progress(f"scaling: timing the loss steps at B = {batches[0]:,}..{batches[-1]:,}")
         group = _timed_curves(_loss_step_contenders(batches, spec["dim"], spec["chunk_size"]),
                               repeats, cfg["min_seconds"], settle=settle)
