@@ -204,10 +204,6 @@ def _tower_train_contenders(spec):
     (forward + backward + AdamW update) per tower size, both towers of that size at the
     same reduced depth (the text tower short, with a small vocabulary: the image tower
     dominates)."""
-    import keras
-
-    build = require("keras_siglip2.models.factory", "build_backbone")
-    pretrainer_cls = require("keras_siglip2.training.pretrainer", "SigLIP2Pretrainer")
     batch, length, vocab = (spec["train_batch"], spec["train_text_length"],
                             spec["train_vocabulary"])
     rng = np.random.RandomState(0)
@@ -216,17 +212,30 @@ def _tower_train_contenders(spec):
          "token_ids": rng.randint(0, vocab, (batch, length)).astype("int32")}
     runs = {}
     for arch, tower in spec["towers"].items():
-        keras.utils.set_random_seed(0)
-        text = dict(vocabulary_size=vocab, max_sequence_length=length,
-                    projection_dim=tower["hidden_dim"],
-                    **{k: tower[k] for k in ("hidden_dim", "num_layers", "num_heads",
-                                             "intermediate_dim")})
-        model = pretrainer_cls(build(dict(tower, image_size=size), text), decoder=None,
-                               self_distillation=False, masked_prediction=False, seed=0)
-        model.compile(total_steps=10_000)
+        model = _sigmoid_pretrainer(dict(tower, image_size=size), spec)
         runs[(TRAIN_STEP.format(batch=batch), tower["hidden_dim"])] = (
             lambda m=model: m.train_on_batch(x))
     return runs
+
+
+def _sigmoid_pretrainer(vision, spec):
+    """A compiled sigmoid-only SigLIP2Pretrainer of image tower `vision` (a
+    build_backbone config) and a text tower of its width and depth, with the spec's
+    short text (`train_text_length`, `train_vocabulary`); seeded 0."""
+    import keras
+
+    build = require("keras_siglip2.models.factory", "build_backbone")
+    pretrainer_cls = require("keras_siglip2.training.pretrainer", "SigLIP2Pretrainer")
+    keras.utils.set_random_seed(0)
+    text = dict(vocabulary_size=spec["train_vocabulary"],
+                max_sequence_length=spec["train_text_length"],
+                projection_dim=vision["hidden_dim"],
+                **{k: vision[k] for k in ("hidden_dim", "num_layers", "num_heads",
+                                          "intermediate_dim")})
+    model = pretrainer_cls(build(vision, text), decoder=None, self_distillation=False,
+                           masked_prediction=False, seed=0)
+    model.compile(total_steps=10_000)
+    return model
 
 
 def _naflex_train_contenders(spec):
@@ -234,23 +243,12 @@ def _naflex_train_contenders(spec):
     step of the reduced-depth NaFlex tower (and a text tower of its width and depth)
     per sequence length N, batch `train_batch`, random aspect ratios (one compiled step
     per length, as a NaFlex run compiles one per drawn length)."""
-    import keras
-
     from tools.bench.rows_naflex import naflex_layout
 
-    build = require("keras_siglip2.models.factory", "build_backbone")
-    pretrainer_cls = require("keras_siglip2.training.pretrainer", "SigLIP2Pretrainer")
     v, batch = spec["naflex_vision"], spec["train_batch"]
     length, vocab = spec["train_text_length"], spec["train_vocabulary"]
-    keras.utils.set_random_seed(0)
-    text = dict(vocabulary_size=vocab, max_sequence_length=length,
-                projection_dim=v["hidden_dim"],
-                **{k: v[k] for k in ("hidden_dim", "num_layers", "num_heads",
-                                     "intermediate_dim")})
-    model = pretrainer_cls(
-        build(dict(v, type="naflex", max_num_patches=max(spec["lengths"])), text),
-        decoder=None, self_distillation=False, masked_prediction=False, seed=0)
-    model.compile(total_steps=10_000)
+    model = _sigmoid_pretrainer(
+        dict(v, type="naflex", max_num_patches=max(spec["lengths"])), spec)
     rng = np.random.RandomState(0)
     runs = {}
     for n in spec["lengths"]:
