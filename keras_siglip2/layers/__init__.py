@@ -10,5 +10,6 @@ from keras_siglip2.layers.embeddings import (
 )
 from keras_siglip2.layers.map_head import SigLIP2MAPHead
 from keras_siglip2.layers.mlp import SigLIP2MLP
+from keras_siglip2.layers.fences import gradient_fence
 from keras_siglip2.layers.transformer import SigLIP2EncoderBlock, layer_norm
 from keras_siglip2.layers.logit_head import SigLIP2LogitHead, l2_normalize

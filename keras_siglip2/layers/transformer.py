@@ -5,6 +5,7 @@ import keras
 
 from keras_siglip2.layers.attention import SigLIP2Attention, check_attention_implementation
 from keras_siglip2.layers.config import ConfigAttributes
+from keras_siglip2.layers.fences import gradient_fence
 from keras_siglip2.layers.mlp import SigLIP2MLP
 
 LAYER_NORM_EPSILON = 1e-6
@@ -80,7 +81,9 @@ class SigLIP2EncoderBlock(SigLIP2BlockBase):
         self.built = True
 
     def call(self, x, key_mask=None):
-        x = x + self.attention(self.norm1(x), key_mask=key_mask)
+        # The fences: the residual stream's gradient written once (layers/fences.py).
+        x = gradient_fence(x)
+        x = gradient_fence(x + self.attention(self.norm1(x), key_mask=key_mask))
         return x + self.mlp(self.norm2(x))
 
     def compute_output_shape(self, input_shape):

@@ -35,6 +35,7 @@ from keras_siglip2.layers.config import ConfigAttributes
 from keras_siglip2.layers.initializers import dense_kernel_init, embedding_init
 from keras_siglip2.checks import check_positive_int
 from keras_siglip2.layers.attention import check_attention_implementation
+from keras_siglip2.layers.fences import gradient_fence
 from keras_siglip2.layers.transformer import (
     LAYER_NORM_EPSILON,
     SigLIP2BlockBase,
@@ -70,12 +71,14 @@ class SigLIP2LocCaDecoderBlock(SigLIP2BlockBase):
         self.built = True
 
     def call(self, x, image_tokens, self_attention_mask=None, image_key_mask=None):
-        x = x + self.self_attention(
+        # The fences: the residual stream's gradient written once (layers/fences.py).
+        x = gradient_fence(x)
+        x = gradient_fence(x + self.self_attention(
             self.self_attention_norm(x), attention_mask=self_attention_mask
-        )
-        x = x + self.cross_attention(
+        ))
+        x = gradient_fence(x + self.cross_attention(
             self.cross_attention_norm(x), context=image_tokens, key_mask=image_key_mask
-        )
+        ))
         return x + self.mlp(self.mlp_norm(x))
 
     def compute_output_shape(self, input_shape, image_shape=None):
