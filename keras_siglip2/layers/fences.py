@@ -12,9 +12,9 @@ only where that duplication happens and the conditional is cheap: JAX, on one CP
 device. Elsewhere (TensorFlow, torch, GPU / TPU, several devices) it is a plain identity.
 """
 
-import keras
+import functools
 
-_JAX_FENCE = None
+import keras
 
 
 def _fence_on_this_machine():
@@ -25,28 +25,26 @@ def _fence_on_this_machine():
     return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
+@functools.cache
 def _jax_fence():
     """The JAX identity whose tangent (and so, transposed, its gradient) goes through
     `lax.cond` on an always-true predicate. Its other branch (twice the tangent, linear
     so that the conditional can be transposed) is never taken."""
-    global _JAX_FENCE
-    if _JAX_FENCE is None:
-        import jax
+    import jax
 
-        @jax.custom_jvp
-        def fence(x):
-            return x
+    @jax.custom_jvp
+    def fence(x):
+        return x
 
-        @fence.defjvp
-        def _fence_jvp(primals, tangents):
-            (x,), (t,) = primals, tangents
-            first = x[(0,) * x.ndim]
-            # True for every value, NaN included; XLA cannot fold it to a constant.
-            always = (first == first) | (first != first)
-            return x, jax.lax.cond(always, lambda v: v, lambda v: v * 2, t)
+    @fence.defjvp
+    def _fence_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        first = x[(0,) * x.ndim]
+        # True for every value, NaN included; XLA cannot fold it to a constant.
+        always = (first == first) | (first != first)
+        return x, jax.lax.cond(always, lambda v: v, lambda v: v * 2, t)
 
-        _JAX_FENCE = fence
-    return _JAX_FENCE
+    return fence
 
 
 def gradient_fence(x):

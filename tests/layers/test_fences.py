@@ -13,9 +13,6 @@ import pytest
 from keras_siglip2.layers import SigLIP2EncoderBlock, gradient_fence
 from keras_siglip2.layers import fences as fence_module
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
-                                reason="the fence acts on JAX only (an identity elsewhere)")
-
 DEPTH, WIDTH = 6, 32
 
 
@@ -41,9 +38,24 @@ def largest_fusion(loss, weights, x):
 
 
 def test_is_active_here():
-    # The checks below measure the fence: they mean something only where it acts.
+    # The checks below measure the fence: they mean something only where it acts
+    # (`make test` runs with KERAS_BACKEND=jax on one CPU device).
+    assert keras.backend.backend() == "jax"
     assert jax.default_backend() == "cpu" and jax.device_count() == 1
     assert fence_module._fence_on_this_machine()
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_a_plain_identity_on_other_backends(monkeypatch, backend):
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    assert not fence_module._fence_on_this_machine()
+    x = np.ones((2, 3), np.float32)
+    assert gradient_fence(x) is x
+
+
+def test_a_plain_identity_on_several_devices(monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    assert not fence_module._fence_on_this_machine()
 
 
 def test_values_gradients_and_tangents_are_the_identitys():
